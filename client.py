@@ -1,0 +1,192 @@
+"""Federated client: trains the SpeechBrain model on this machine's own speech (never sent).
+
+Each round it loads the server's weights, optionally a pre-trained model at round 1, trains its
+local epochs and returns the new weights with the sample count and raw metrics (training loss,
+validation WER); the server decides how to weight them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import flwr as fl
+import torch
+
+from brain import ASR, ConfigError, init_model
+from common_voice_prepare import DataPrepError
+from weights import get_weights, load_model_file, set_weights
+
+logger = logging.getLogger("client")
+HERE = Path(__file__).resolve().parent
+
+
+class TokenizerMismatch(RuntimeError):
+    """The server and this client use different tokenizer files."""
+
+
+class SpeechBrainClient(fl.client.NumPyClient):
+    """NumPyClient around an :class:`brain.ASR` and this client's train/dev datasets."""
+
+    def __init__(
+        self,
+        cid: str,
+        brain: ASR,
+        datasets: dict,
+        pre_train_model_path: str | Path | None = None,
+        eval_device: str | None = None,
+    ):
+        self.cid = str(cid)
+        self.brain = brain
+        self.train_data = datasets["train"]
+        self.dev_data = datasets.get("dev")
+        self.pre_train_model_path = pre_train_model_path
+        self.eval_device = eval_device
+
+    def get_parameters(self, config):
+        return get_weights(self.brain.modules)
+
+    def _check_tokenizer(self, config) -> None:
+        expected = config.get("tokenizer_sha256")
+        if expected and expected != self.brain.tokenizer.sha256:
+            raise TokenizerMismatch(
+                f"client {self.cid}: tokenizer {self.brain.tokenizer.path} (sha256 "
+                f"{self.brain.tokenizer.sha256[:12]}) differs from the server's ({expected[:12]}); "
+                "give every process the same --tokenizer_path"
+            )
+
+    def fit(self, parameters, config):
+        self._check_tokenizer(config)
+        rnd = int(config["epoch_global"])
+        epochs = int(config["epochs"])
+        started = time.monotonic()
+        set_weights(parameters, self.brain.modules, self.brain.device)
+        if rnd == 1 and self.pre_train_model_path is not None:
+            logger.info("client %s: loading pre-trained model %s", self.cid,
+                        self.pre_train_model_path)
+            load_model_file(self.brain.modules, self.pre_train_model_path, self.brain.device)
+        samples, train_loss, valid_wer = self.brain.train_epochs(
+            self.train_data, self.dev_data, epochs=epochs, first_epoch=(rnd - 1) * epochs + 1
+        )
+        seconds = time.monotonic() - started
+        logger.info("client %s round %d: %d samples, train loss %.4f, valid WER %.2f, %.1fs",
+                    self.cid, rnd, samples, train_loss, valid_wer, seconds)
+        _release_gpu_memory()
+        metrics = {
+            "cid": self.cid,
+            "train_loss": train_loss,
+            "valid_wer": valid_wer,
+            "tokenizer_sha256": self.brain.tokenizer.sha256,
+            "fit_seconds": seconds,
+        }
+        return get_weights(self.brain.modules), samples, metrics
+
+    def evaluate(self, parameters, config):
+        if self.dev_data is None:
+            raise ValueError(f"client {self.cid}: no --dev_path to evaluate on")
+        self._check_tokenizer(config)
+        brain, home = self.brain, self.brain.device
+        device = self.eval_device or home
+        set_weights(parameters, brain.modules, home)
+        if device != home:
+            brain.device = device
+            brain.modules.to(device)
+        try:
+            result = brain.test(self.dev_data)
+        finally:
+            if device != home:
+                brain.device = home
+                brain.modules.to(home)
+        _release_gpu_memory()
+        metrics = {"cid": self.cid, "wer": result["wer"], "cer": result["cer"]}
+        return result["loss"], int(result["samples"]), metrics
+
+
+def _release_gpu_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def train_tsv_for(tr_path: str | Path, cid: str) -> Path:
+    """``--tr_path`` may be a TSV file or a folder holding ``train_<cid>.tsv``."""
+    path = Path(tr_path)
+    return path / f"train_{cid}.tsv" if path.is_dir() else path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Federated SpeechBrain ASR client (Flower, gRPC)")
+    p.add_argument("--cid", type=str, required=True, help="this client's id")
+    p.add_argument("--data_path", type=str, required=True,
+                   help="Common Voice folder (holds clips/)")
+    p.add_argument("--tr_path", type=str, required=True,
+                   help="training TSV, or a folder holding train_<cid>.tsv")
+    p.add_argument("--dev_path", type=str, default=None, help="validation TSV")
+    p.add_argument("--config_path", type=str, default=str(HERE / "configs"),
+                   help="folder of config files")
+    p.add_argument("--config_file", type=str, default="small_cpu.yaml",
+                   help="config file name inside --config_path")
+    p.add_argument("--tokenizer_path", type=str, default=None,
+                   help="shared tokenizer: a .model file, or transcripts (TSV/CSV) to train it "
+                        "from; default: the training TSV")
+    p.add_argument("--pre_train_model_path", type=str, default=None,
+                   help="checkpoint loaded at round 1 (after the server's weights)")
+    p.add_argument("--save_path", type=str, default="results",
+                   help="output folder; this client writes to <save_path>/client_<cid>")
+    p.add_argument("--server_address", type=str, default="127.0.0.1:8080",
+                   help="server host:port")
+    p.add_argument("--device", type=str, default=None,
+                   help="torch device for training (default: cuda if available, else cpu)")
+    p.add_argument("--eval_device", type=str, default=None,
+                   help="torch device for evaluation (default: --device)")
+    p.add_argument("--num_threads", type=int, default=0,
+                   help="torch CPU threads (0: torch's default); use 1 when several "
+                        "processes share a few cores")
+    p.add_argument("--grpc_max_message_length", type=int, default=1024**3,
+                   help="largest gRPC message in bytes (the model travels in one)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.num_threads > 0:
+        torch.set_num_threads(args.num_threads)
+    brain, datasets = init_model(
+        Path(args.config_path) / args.config_file,
+        output_folder=Path(args.save_path) / f"client_{args.cid}",
+        data_folder=args.data_path,
+        train_tsv=train_tsv_for(args.tr_path, args.cid),
+        valid_tsv=args.dev_path,
+        tokenizer_source=args.tokenizer_path,
+        device=args.device,
+    )
+    if args.pre_train_model_path is not None:  # fail now, not at round 1
+        load_model_file(brain.modules, args.pre_train_model_path, brain.device)
+    client = SpeechBrainClient(args.cid, brain, datasets, args.pre_train_model_path,
+                               args.eval_device)
+    fl.client.start_client(
+        server_address=args.server_address,
+        client=client.to_client(),
+        grpc_max_message_length=args.grpc_max_message_length,
+        insecure=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("flwr").propagate = False  # Flower prints through its own handler
+    try:
+        run(args)
+    except (ConfigError, DataPrepError, TokenizerMismatch, ValueError, OSError) as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""Turn Common Voice TSV manifests into the CSV files SpeechBrain's data pipeline reads.
+
+Each output CSV has the columns ``ID,duration,wav,spk_id,wrd``. A sidecar
+``<csv>.meta.json`` records a fingerprint of the inputs so an unchanged split is not
+prepared twice. Bad inputs raise :class:`DataPrepError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import unicodedata
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CSV_HEADER = ["ID", "duration", "wav", "spk_id", "wrd"]
+
+_APOSTROPHES = "\u2019\u2018\u02bc\u02bb\u00b4`\u2032\u201b\uff07"
+_QUOTES = "\u201c\u201d\u201e\u201f\u00ab\u00bb\u2039\u203a\u2033\uff02"
+_DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u2e3a\u2e3b\ufe58\ufe63\uff0d"
+_UNIFY = str.maketrans(
+    {**{c: "'" for c in _APOSTROPHES}, **{c: '"' for c in _QUOTES}, **{c: "-" for c in _DASHES}}
+)
+_LIGATURES = str.maketrans(
+    {"ß": "ss", "ẞ": "SS", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ø": "o", "Ø": "O"}
+)
+_LONE_APOSTROPHE = re.compile(r"(?<!\w)'|'(?!\w)")
+
+
+class DataPrepError(ValueError):
+    """Bad input data; ``str(err)`` is a one-line message naming the offending file."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(str(message).replace("\r", " ").replace("\n", " "))
+
+
+def _strip_accents(text: str) -> str:
+    """é->e, ñ->n, ß->ss, æ->ae, œ->oe, ø->o."""
+    decomposed = unicodedata.normalize("NFKD", text.translate(_LIGATURES))
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def normalize_sentence(text: str, language: str = "en", accented_letters: bool = False) -> str:
+    """Map a Common Voice prompt to upper-case words without punctuation ("" if none remain).
+
+    Apostrophes inside words are kept ("L'HOMME", "DON'T") except for Kinyarwanda ("rw"),
+    where they separate words. ``accented_letters=False`` folds accents to plain letters.
+    """
+    text = unicodedata.normalize("NFC", text).translate(_UNIFY)
+    if not accented_letters:
+        text = _strip_accents(text)
+    if language == "rw":
+        text = text.replace("'", " ")
+    kept = []
+    for char in text:
+        if char == "'" or unicodedata.category(char)[0] in "LMN":
+            kept.append(char)
+        else:  # punctuation, symbols, dashes, whitespace, control characters
+            kept.append(" ")
+    words = _LONE_APOSTROPHE.sub(" ", "".join(kept)).upper()
+    if not accented_letters:  # upper() can introduce new composed forms; keep output plain
+        words = _strip_accents(words)
+    return " ".join(words.split())
+
+
+def _fingerprint(tsv_bytes: bytes, options: dict) -> str:
+    digest = hashlib.sha256(tsv_bytes)
+    digest.update(json.dumps({"version": FORMAT_VERSION, **options}, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _already_prepared(csv_path: Path, meta_path: Path, fingerprint: str) -> int | None:
+    """Row count of a CSV prepared from the same inputs, else None."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        csv_hash = hashlib.sha256(csv_path.read_bytes()).hexdigest()
+    except (OSError, ValueError):
+        return None
+    if meta.get("fingerprint") != fingerprint or meta.get("csv_sha256") != csv_hash:
+        return None
+    return int(meta.get("rows", 0))
+
+
+def _read_tsv(
+    tsv: Path, raw: bytes, required: Sequence[str] = ("path", "sentence")
+) -> tuple[list[str], list[list[str]]]:
+    """Header and data rows; quotes are literal text, blank lines are skipped."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataPrepError(f"{tsv}: not UTF-8 text (byte {err.start})") from None
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    rows = [row for row in reader if any(cell.strip() for cell in row)]
+    if not rows:
+        raise DataPrepError(f"{tsv}: empty TSV file (no header)")
+    header = [name.strip() for name in rows[0]]
+    for column in required:
+        if column not in header:
+            present = ", ".join(header)
+            raise DataPrepError(f"{tsv}: header has no '{column}' column (columns: {present})")
+    if len(rows) == 1:
+        raise DataPrepError(f"{tsv}: TSV has a header but no data rows")
+    return header, rows[1:]
+
+
+def read_tsv(
+    tsv_file: str | Path, required: Sequence[str] = ("path", "sentence")
+) -> list[dict[str, str]]:
+    """Rows of a Common Voice TSV as dicts keyed by header name (columns in any order)."""
+    tsv = Path(tsv_file)
+    if not tsv.is_file():
+        raise DataPrepError(f"{tsv}: no such TSV file")
+    header, records = _read_tsv(tsv, tsv.read_bytes(), required)
+    return [dict(zip(header, r + [""] * (len(header) - len(r)), strict=False)) for r in records]
+
+
+def _resolve_audio(data_folder: Path, name: str) -> Path | None:
+    path = Path(name) if Path(name).is_absolute() else data_folder / "clips" / name
+    if path.is_file():
+        return path
+    if not path.suffix and path.with_name(path.name + ".mp3").is_file():
+        return path.with_name(path.name + ".mp3")
+    return None
+
+
+def _duration(path: Path) -> float | None:
+    """Seconds of audio, or None if the file is empty or unreadable."""
+    from speechbrain.dataio.dataio import read_audio_info
+
+    if path.stat().st_size == 0:
+        return None
+    try:
+        info = read_audio_info(str(path))
+    except Exception:  # soundfile/codec errors vary by format
+        return None
+    if not info.num_frames or not info.sample_rate:
+        return None
+    return info.num_frames / info.sample_rate
+
+
+def _warn(tsv: Path, items: list[str], what: str) -> None:
+    if items:
+        shown = ", ".join(items[:5]) + (", ..." if len(items) > 5 else "")
+        logger.warning("%s: %d %s, skipped: %s", tsv, len(items), what, shown)
+
+
+def prepare_tsv(
+    tsv_file: str | Path,
+    csv_file: str | Path,
+    data_folder: str | Path,
+    *,
+    language: str = "en",
+    accented_letters: bool = False,
+    max_duration: float | None = None,
+    min_duration: float | None = 0.0,
+) -> int:
+    """Write ``csv_file`` from one Common Voice TSV; return the number of rows written."""
+    tsv, csv_path = Path(tsv_file), Path(csv_file)
+    data = Path(data_folder).resolve()
+    min_duration = min_duration or 0.0
+    if not tsv.is_file():
+        raise DataPrepError(f"{tsv}: no such TSV file")
+    try:
+        raw = tsv.read_bytes()
+    except OSError as err:
+        raise DataPrepError(f"{tsv}: cannot read TSV file ({err.strerror})") from None
+    options = {
+        "language": language,
+        "accented_letters": bool(accented_letters),
+        "max_duration": max_duration,
+        "min_duration": min_duration,
+        "data_folder": str(data),
+    }
+    fingerprint = _fingerprint(raw, options)
+    meta_path = csv_path.with_name(csv_path.name + ".meta.json")
+    rows_done = _already_prepared(csv_path, meta_path, fingerprint)
+    if rows_done is not None:
+        logger.info("%s: already prepared from %s (%d rows)", csv_path, tsv, rows_done)
+        return rows_done
+
+    header, records = _read_tsv(tsv, raw)
+    col = {name: i for i, name in enumerate(header)}
+    missing, no_path, unreadable, no_words, too_long, too_short = [], [], [], [], [], []
+    out: list[list[str]] = []
+    ids: set[str] = set()
+    for lineno, record in enumerate(records, start=2):
+        record = record + [""] * (len(header) - len(record))
+        name = record[col["path"]].strip()
+        if not name:
+            no_path.append(f"row {lineno}")
+            continue
+        audio = _resolve_audio(data, name)
+        if audio is None:
+            missing.append(name)
+            continue
+        words = normalize_sentence(record[col["sentence"]], language, accented_letters)
+        if not words:
+            no_words.append(Path(name).stem)
+            continue
+        seconds = _duration(audio)
+        if seconds is None:
+            unreadable.append(name)
+            continue
+        if max_duration is not None and seconds > max_duration:
+            too_long.append(name)
+            continue
+        if seconds < min_duration:
+            too_short.append(name)
+            continue
+        clip_id, n = audio.stem, 1
+        while clip_id in ids:
+            n += 1
+            clip_id = f"{audio.stem}_{n}"
+        ids.add(clip_id)
+        speaker = record[col["client_id"]].strip() if "client_id" in col else ""
+        out.append([clip_id, f"{seconds:.3f}", str(audio.resolve()), speaker or "unknown", words])
+
+    _warn(tsv, no_path, "rows without a path")
+    _warn(tsv, missing, f"audio files missing under {data / 'clips'}")
+    _warn(tsv, unreadable, "audio files empty or unreadable")
+    _warn(tsv, no_words, "sentences with nothing speakable")
+    if too_long or too_short:
+        logger.info(
+            "%s: dropped %d clips longer than %ss and %d shorter than %ss",
+            tsv, len(too_long), max_duration, len(too_short), min_duration,
+        )
+    if not out:
+        total = len(records)
+        if len(missing) == total:
+            why = f"all {total} clips missing under {data / 'clips'}"
+        else:
+            reasons = [
+                (len(missing), "clips missing"), (len(no_path), "rows without a path"),
+                (len(unreadable), "audio empty/unreadable"), (len(no_words), "empty sentences"),
+                (len(too_long), f"longer than {max_duration}s"),
+                (len(too_short), f"shorter than {min_duration}s"),
+            ]
+            why = ", ".join(f"{n} {text}" for n, text in reasons if n)
+        raise DataPrepError(f"{tsv}: no usable rows out of {total} ({why})")
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+    writer.writerows(out)
+    csv_text = buffer.getvalue()
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    meta_path.unlink(missing_ok=True)  # never pair an old sidecar with a new CSV
+    _atomic_write(csv_path, csv_text)
+    meta = {
+        "fingerprint": fingerprint,
+        "csv_sha256": hashlib.sha256(csv_text.encode("utf-8")).hexdigest(),
+        "rows": len(out),
+        "tsv": str(tsv.resolve()),
+        **options,
+    }
+    _atomic_write(meta_path, json.dumps(meta, indent=2) + "\n")
+    logger.info("%s: wrote %d rows from %s", csv_path, len(out), tsv)
+    return len(out)
+
+
+def prepare_common_voice(
+    data_folder: str | Path,
+    save_folder: str | Path,
+    train_tsv_file: str | Path | None = None,
+    dev_tsv_file: str | Path | None = None,
+    test_tsv_file: str | Path | None = None,
+    accented_letters: bool = False,
+    language: str = "en",
+    max_duration: float | None = None,
+    min_duration: float | None = 0.0,
+) -> dict[str, Path]:
+    """Prepare ``<save_folder>/{train,dev,test}.csv`` for the TSVs given (None skips a split)."""
+    written: dict[str, Path] = {}
+    splits = (("train", train_tsv_file), ("dev", dev_tsv_file), ("test", test_tsv_file))
+    for split, tsv in splits:
+        if tsv is None:
+            continue
+        csv_path = Path(save_folder) / f"{split}.csv"
+        prepare_tsv(
+            tsv, csv_path, data_folder, language=language, accented_letters=accented_letters,
+            max_duration=max_duration, min_duration=min_duration,
+        )
+        written[split] = csv_path
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: prepare one TSV into one CSV."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_folder", required=True, help="folder holding clips/")
+    parser.add_argument("--tsv", required=True, help="Common Voice TSV file")
+    parser.add_argument("--csv", required=True, help="output CSV file")
+    parser.add_argument("--language", default="en")
+    parser.add_argument("--accented_letters", action="store_true")
+    parser.add_argument("--max_duration", type=float, default=None)
+    parser.add_argument("--min_duration", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        rows = prepare_tsv(
+            args.tsv, args.csv, args.data_folder, language=args.language,
+            accented_letters=args.accented_letters, max_duration=args.max_duration,
+            min_duration=args.min_duration,
+        )
+    except DataPrepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{rows} rows written to {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

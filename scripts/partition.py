@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""Split a Common Voice TSV into per-client files ``train_0.tsv ... train_{N-1}.tsv``.
+
+``--by speaker`` gives every speaker (``client_id``) to exactly one client, balancing the number of
+utterances (non-IID, like real federations); ``--by iid`` deals utterances out at random. Both are
+seeded. ``--bad_client K`` corrupts client K's copy, to test robust weighting:
+``--corruption shuffle`` permutes its transcripts, ``--corruption noise`` drowns its audio in white
+noise (new clips are written under ``<out_dir>/noisy_clips/`` and referenced by absolute path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common_voice_prepare import DataPrepError, read_tsv  # noqa: E402
+
+
+def split_by_speaker(
+    rows: list[dict[str, str]], num_clients: int, seed: int
+) -> list[list[dict[str, str]]]:
+    """Each speaker to one client; the largest speakers go first to the emptiest client."""
+    speakers: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        speakers.setdefault(row.get("client_id", "") or "unknown", []).append(row)
+    if len(speakers) < num_clients:
+        raise DataPrepError(
+            f"only {len(speakers)} speakers for {num_clients} clients: "
+            "use --by iid or fewer clients"
+        )
+    order = sorted(speakers)
+    random.Random(seed).shuffle(order)
+    order.sort(key=lambda s: -len(speakers[s]))  # stable: ties keep the seeded order
+    parts: list[list[dict[str, str]]] = [[] for _ in range(num_clients)]
+    for speaker in order:
+        min(parts, key=len).extend(speakers[speaker])
+    return parts
+
+
+def split_iid(
+    rows: list[dict[str, str]], num_clients: int, seed: int
+) -> list[list[dict[str, str]]]:
+    """Shuffle, then deal the rows into ``num_clients`` nearly equal parts."""
+    if len(rows) < num_clients:
+        raise DataPrepError(f"only {len(rows)} rows for {num_clients} clients")
+    shuffled = list(rows)
+    random.Random(seed).shuffle(shuffled)
+    return [shuffled[i::num_clients] for i in range(num_clients)]
+
+
+def shuffle_transcripts(rows: list[dict[str, str]], seed: int) -> list[dict[str, str]]:
+    """Same clips, transcripts permuted among them (a client with wrong labels)."""
+    sentences = [r["sentence"] for r in rows]
+    random.Random(seed).shuffle(sentences)
+    return [{**r, "sentence": s} for r, s in zip(rows, sentences, strict=True)]
+
+
+def add_noise(
+    rows: list[dict[str, str]], data_folder: Path, out_dir: Path, snr_db: float, seed: int
+) -> list[dict[str, str]]:
+    """Copies of the clips with white noise at ``snr_db``; rows point at the copies."""
+    import soundfile as sf
+
+    from brain import load_audio
+
+    rng = np.random.default_rng(seed)
+    noisy_dir = out_dir / "noisy_clips"
+    noisy_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for row in rows:
+        source = data_folder / "clips" / row["path"]
+        audio = load_audio(str(source), 16000).numpy()
+        power = float(np.mean(audio**2)) or 1e-8
+        noise = rng.normal(0.0, np.sqrt(power / 10 ** (snr_db / 10)), size=audio.shape)
+        target = noisy_dir / (Path(row["path"]).stem + ".wav")
+        sf.write(target, np.clip(audio + noise, -1, 1).astype(np.float32), 16000)
+        out.append({**row, "path": str(target.resolve())})
+    return out
+
+
+def write_tsv(path: Path, header: list[str], rows: list[dict[str, str]]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, header, delimiter="\t", quoting=csv.QUOTE_NONE,
+                                lineterminator="\n", escapechar=None)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tsv", type=Path, required=True, help="Common Voice TSV to split")
+    p.add_argument("--out_dir", type=Path, required=True, help="where train_<k>.tsv go")
+    p.add_argument("--num_clients", type=int, required=True)
+    p.add_argument("--by", choices=("speaker", "iid"), default="speaker")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--bad_client", type=int, default=None, help="index of a client to corrupt")
+    p.add_argument("--corruption", choices=("shuffle", "noise"), default="shuffle")
+    p.add_argument("--snr_db", type=float, default=-5.0, help="noise level for --corruption noise")
+    p.add_argument("--data_path", type=Path, default=None,
+                   help="folder holding clips/ (for --corruption noise; default: the TSV's folder)")
+    args = p.parse_args(argv)
+    try:
+        if args.num_clients < 1:
+            raise DataPrepError(f"--num_clients must be at least 1, got {args.num_clients}")
+        if args.bad_client is not None and not 0 <= args.bad_client < args.num_clients:
+            raise DataPrepError(f"--bad_client {args.bad_client} is not a client index")
+        rows = read_tsv(args.tsv)
+        header = list(rows[0].keys())
+        split = split_by_speaker if args.by == "speaker" else split_iid
+        parts = split(rows, args.num_clients, args.seed)
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        for k, part in enumerate(parts):
+            note = ""
+            if k == args.bad_client:
+                if args.corruption == "shuffle":
+                    part = shuffle_transcripts(part, args.seed)
+                else:
+                    data = args.data_path or args.tsv.parent
+                    part = add_noise(part, data, args.out_dir, args.snr_db, args.seed)
+                note = f" (corrupted: {args.corruption})"
+            write_tsv(args.out_dir / f"train_{k}.tsv", header, part)
+            speakers = len({r.get("client_id", "") for r in part})
+            print(f"train_{k}.tsv: {len(part)} utterances, {speakers} speakers{note}")
+    except DataPrepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""Aggregation: FedAvg weighted by sample count, training loss or WER, then server-side training.
+
+The math is pure functions over lists of ndarrays (float64, stable softmax). Side effects (training
+on the server's held-out set, evaluation, saving) are callables handed to
+:class:`TrainAfterAggregateStrategy`; this module imports neither SpeechBrain nor argparse.
+
+Weightings (arXiv 2104.14297), over the clients kept in a round:
+
+- ``num``:  c_k = n_k / sum_j n_j                      (standard FedAvg)
+- ``loss``: c_k = softmax(-L_k)                        (L_k: client's training loss)
+- ``wer``:  c_k = softmax(-min(W_k, 100))              (W_k: client's validation WER, in %)
+
+These equal the reference's exp(-loss) and exp(100 - WER) weights after normalisation, without
+their overflow.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from flwr.common import (
+    EvaluateRes,
+    FitRes,
+    Parameters,
+    Scalar,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAvg
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_STRATEGIES = ("num", "loss", "wer")
+METRIC_FOR_STRATEGY = {"num": "num_examples", "loss": "train_loss", "wer": "valid_wer"}
+
+NDArrays = list[np.ndarray]
+ServerTrainFn = Callable[[NDArrays, int], NDArrays]
+# on_round_end(round, global weights or None when only the history changed, history rows)
+RoundEndFn = Callable[[int, NDArrays | None, list[dict[str, Any]]], None]
+
+
+# ---- pure math ----------------------------------------------------------------------------------
+def softmax(scores: Sequence[float]) -> np.ndarray:
+    """Numerically stable softmax in float64."""
+    s = np.asarray(scores, dtype=np.float64)
+    e = np.exp(s - s.max())
+    return e / e.sum()
+
+
+def aggregation_coefficients(values: Sequence[float], weight_strategy: str) -> np.ndarray:
+    """Coefficients (summing to 1) from each client's sample count, loss or WER (%)."""
+    if weight_strategy not in WEIGHT_STRATEGIES:
+        raise ValueError(f"unknown weight strategy '{weight_strategy}' (use num, loss or wer)")
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        raise ValueError("no clients to aggregate")
+    if not np.all(np.isfinite(v)):
+        raise ValueError("aggregation metrics must be finite")
+    if weight_strategy == "num":
+        if np.any(v < 0) or v.sum() <= 0:
+            raise ValueError("sample counts must be non-negative with a positive sum")
+        return v / v.sum()
+    if weight_strategy == "loss":
+        return softmax(-v)
+    return softmax(-np.minimum(v, 100.0))
+
+
+def weighted_average(updates: Sequence[NDArrays], coefficients: Sequence[float]) -> NDArrays:
+    """Per-layer sum of c_k * w_k, accumulated in float64 and cast back to each layer's dtype.
+
+    Integer layers (e.g. BatchNorm's ``num_batches_tracked``) are rounded to the nearest integer.
+    """
+    if len(updates) != len(coefficients) or not updates:
+        raise ValueError("need one coefficient per update and at least one update")
+    out: NDArrays = []
+    for layers in zip(*updates, strict=True):
+        dtype = layers[0].dtype
+        acc = np.zeros(layers[0].shape, dtype=np.float64)
+        for c, layer in zip(coefficients, layers, strict=True):
+            acc += float(c) * layer.astype(np.float64)
+        if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+            acc = np.rint(acc)
+        out.append(acc.astype(dtype))
+    return out
+
+
+def update_problem(update: NDArrays, reference: NDArrays | None) -> str | None:
+    """Why an update cannot be aggregated (count, shape, dtype, NaN/Inf), or None if it can."""
+    if reference is not None:
+        if len(update) != len(reference):
+            return f"{len(update)} arrays instead of {len(reference)}"
+        for i, (u, r) in enumerate(zip(update, reference, strict=True)):
+            if u.shape != r.shape:
+                return f"array {i} has shape {u.shape} instead of {r.shape}"
+            if u.dtype != r.dtype:
+                return f"array {i} has dtype {u.dtype} instead of {r.dtype}"
+    for i, u in enumerate(update):
+        if np.issubdtype(u.dtype, np.floating) and not np.all(np.isfinite(u)):
+            return f"array {i} contains NaN or Inf"
+    return None
+
+
+def weighted_metrics(results: Sequence[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]:
+    """Example-weighted mean of every finite numeric metric the clients reported."""
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for n, metrics in results:
+        for key, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if not math.isfinite(value):
+                continue
+            sums[key] = sums.get(key, 0.0) + n * float(value)
+            counts[key] = counts.get(key, 0) + n
+    return {k: sums[k] / counts[k] for k in sums if counts[k] > 0}
+
+
+# ---- strategy -----------------------------------------------------------------------------------
+def client_name(proxy: ClientProxy, metrics: dict[str, Scalar]) -> str:
+    """The client's own id (``--cid``) when it reported one, else Flower's node id."""
+    return str(metrics.get("cid", proxy.cid))
+
+
+class TrainAfterAggregateStrategy(FedAvg):
+    """FedAvg with num/loss/WER weighting, optional server-side training and per-round records.
+
+    Rounds are numbered globally: ``start_round`` completed rounds are added to Flower's counter,
+    so a resumed run keeps counting (and keeps epoch-dependent client settings right).
+    """
+
+    def __init__(
+        self,
+        *,
+        weight_strategy: str = "num",
+        server_train_fn: ServerTrainFn | None = None,
+        on_round_end: RoundEndFn | None = None,
+        tokenizer_sha256: str | None = None,
+        start_round: int = 0,
+        history: list[dict[str, Any]] | None = None,
+        **fedavg_kwargs: Any,
+    ):
+        if weight_strategy not in WEIGHT_STRATEGIES:
+            raise ValueError(f"unknown weight strategy '{weight_strategy}' (use num, loss or wer)")
+        fedavg_kwargs.setdefault("fit_metrics_aggregation_fn", weighted_metrics)
+        fedavg_kwargs.setdefault("evaluate_metrics_aggregation_fn", weighted_metrics)
+        super().__init__(**fedavg_kwargs)
+        self.weight_strategy = weight_strategy
+        self.server_train_fn = server_train_fn
+        self.on_round_end = on_round_end
+        self.tokenizer_sha256 = tokenizer_sha256
+        self.start_round = start_round
+        self.history: list[dict[str, Any]] = list(history or [])
+        self.global_weights: NDArrays | None = None
+        if self.initial_parameters is not None:
+            self.global_weights = parameters_to_ndarrays(self.initial_parameters)
+        self._round_started: dict[int, float] = {}
+
+    def __repr__(self) -> str:
+        return f"TrainAfterAggregateStrategy(weight_strategy={self.weight_strategy})"
+
+    def _row(self, rnd: int) -> dict[str, Any]:
+        for row in self.history:
+            if row["round"] == rnd:
+                return row
+        row = {"round": rnd}
+        self.history.append(row)
+        return row
+
+    def _finish(self, rnd: int, model_changed: bool) -> None:
+        row = self._row(rnd)
+        row["seconds"] = round(time.monotonic() - self._round_started.get(rnd, time.monotonic()), 3)
+        if self.on_round_end is not None:
+            self.on_round_end(rnd, self.global_weights if model_changed else None, self.history)
+
+    # ---- fit -----------------------------------------------------------------------------------
+    def configure_fit(self, server_round, parameters, client_manager):
+        rnd = server_round + self.start_round
+        self._round_started[rnd] = time.monotonic()
+        if self.global_weights is None:
+            self.global_weights = parameters_to_ndarrays(parameters)
+        return super().configure_fit(rnd, parameters, client_manager)
+
+    def _screen(self, proxy: ClientProxy, res: FitRes) -> tuple[str, NDArrays | None, str | None]:
+        """Decode one result; return (client name, arrays, reason to reject or None)."""
+        name = client_name(proxy, res.metrics)
+        if self.tokenizer_sha256 is not None:
+            theirs = res.metrics.get("tokenizer_sha256")
+            if theirs != self.tokenizer_sha256:
+                return name, None, (
+                    f"tokenizer mismatch (client {str(theirs)[:12]}, server "
+                    f"{self.tokenizer_sha256[:12]}): give every process the same --tokenizer_path"
+                )
+        if self.weight_strategy == "num":
+            value: Any = res.num_examples
+        else:
+            value = res.metrics.get(METRIC_FOR_STRATEGY[self.weight_strategy])
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            return name, None, f"{METRIC_FOR_STRATEGY[self.weight_strategy]} missing or not finite"
+        try:
+            arrays = parameters_to_ndarrays(res.parameters)
+        except Exception as err:  # malformed bytes from a client
+            return name, None, f"undecodable parameters ({type(err).__name__})"
+        problem = update_problem(arrays, self.global_weights)
+        return name, arrays, problem
+
+    def aggregate_fit(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, FitRes]],
+        failures: list[tuple[ClientProxy, FitRes] | BaseException],
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
+        rnd = server_round + self.start_round
+        row = self._row(rnd)
+        row["failures"] = len(failures)
+        for failure in failures:
+            logger.warning("round %d: a client failed: %s", rnd, _describe_failure(failure))
+        if failures and not self.accept_failures:
+            logger.warning("round %d: failures not accepted, global model kept", rnd)
+            row["accepted"] = False
+            return None, {}
+
+        kept: list[tuple[str, NDArrays, FitRes]] = []
+        rejected: dict[str, str] = {}
+        for proxy, res in results:
+            name, arrays, problem = self._screen(proxy, res)
+            if problem is not None or arrays is None:
+                rejected[name] = problem or "no parameters"
+                logger.warning("round %d: rejected client %s: %s", rnd, name, problem)
+            else:
+                kept.append((name, arrays, res))
+        row["rejected"] = rejected
+        row["clients"] = [name for name, _, _ in kept]
+        if not kept:
+            logger.warning("round %d: no usable update, global model kept unchanged", rnd)
+            row["accepted"] = False
+            return None, {}
+
+        values = [
+            res.num_examples
+            if self.weight_strategy == "num"
+            else float(res.metrics[METRIC_FOR_STRATEGY[self.weight_strategy]])
+            for _, _, res in kept
+        ]
+        coefficients = aggregation_coefficients(values, self.weight_strategy)
+        row["coefficients"] = {
+            name: float(c) for (name, _, _), c in zip(kept, coefficients, strict=True)
+        }
+        aggregated = weighted_average([arrays for _, arrays, _ in kept], coefficients)
+        metrics = self.fit_metrics_aggregation_fn(
+            [(res.num_examples, res.metrics) for _, _, res in kept]
+        )
+        row["train_loss"] = metrics.get("train_loss")
+        row["valid_wer"] = metrics.get("valid_wer")
+        row["accepted"] = True
+
+        if self.server_train_fn is not None:
+            started = time.monotonic()
+            trained = self.server_train_fn(aggregated, rnd)
+            row["server_train_seconds"] = round(time.monotonic() - started, 3)
+            problem = update_problem(trained, aggregated)
+            if problem is None:
+                aggregated = trained
+            else:
+                logger.warning("round %d: server-side training result dropped: %s", rnd, problem)
+        self.global_weights = aggregated
+        return ndarrays_to_parameters(aggregated), metrics
+
+    # ---- evaluation ----------------------------------------------------------------------------
+    def evaluate(self, server_round, parameters):
+        rnd = server_round + self.start_round if server_round > 0 else 0
+        result = super().evaluate(rnd, parameters)
+        if server_round == 0:
+            if result is not None:
+                logger.info("initial model: test loss %.4f, %s", result[0], result[1])
+            return result
+        row = self._row(rnd)
+        if result is not None:
+            loss, metrics = result
+            row["test_loss"] = float(loss)
+            row.update({f"test_{k}": v for k, v in metrics.items()})
+        self._finish(rnd, model_changed=True)
+        return result
+
+    def configure_evaluate(self, server_round, parameters, client_manager):
+        return super().configure_evaluate(server_round + self.start_round, parameters,
+                                          client_manager)
+
+    def aggregate_evaluate(
+        self,
+        server_round: int,
+        results: list[tuple[ClientProxy, EvaluateRes]],
+        failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
+    ) -> tuple[float | None, dict[str, Scalar]]:
+        rnd = server_round + self.start_round
+        loss, metrics = super().aggregate_evaluate(rnd, results, failures)
+        if loss is not None:
+            row = self._row(rnd)
+            row["client_eval_loss"] = float(loss)
+            row["client_eval_wer"] = metrics.get("wer")
+            row["client_eval_clients"] = len(results)
+            self._finish(rnd, model_changed=False)
+        return loss, metrics
+
+
+def _describe_failure(failure: tuple[ClientProxy, FitRes] | BaseException) -> str:
+    if isinstance(failure, BaseException):
+        return f"{type(failure).__name__}: {failure}"
+    proxy, res = failure
+    return f"client {client_name(proxy, res.metrics)} returned status {res.status.code.name}"
