@@ -106,6 +106,15 @@ def update_problem(update: NDArrays, reference: NDArrays | None) -> str | None:
     return None
 
 
+def l2_distance(a: NDArrays, b: NDArrays) -> float:
+    """Euclidean distance between two models' floating-point arrays (how far training moved)."""
+    total = 0.0
+    for x, y in zip(a, b, strict=True):
+        if np.issubdtype(x.dtype, np.floating):
+            total += float(np.sum((x.astype(np.float64) - y.astype(np.float64)) ** 2))
+    return math.sqrt(total)
+
+
 def weighted_metrics(results: Sequence[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]:
     """Example-weighted mean of every finite numeric metric the clients reported."""
     sums: dict[str, float] = {}
@@ -269,6 +278,7 @@ class TrainAfterAggregateStrategy(FedAvg):
             row["server_train_seconds"] = round(time.monotonic() - started, 3)
             problem = update_problem(trained, aggregated)
             if problem is None:
+                row["server_train_delta"] = l2_distance(trained, aggregated)
                 aggregated = trained
             else:
                 logger.warning("round %d: server-side training result dropped: %s", rnd, problem)

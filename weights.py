@@ -129,7 +129,7 @@ def set_weights(
     for (key, ref), array in zip(reference.items(), weights, strict=True):
         array = np.asarray(array)
         _check(key, ref, array.shape, array.dtype)
-        state[key] = torch.from_numpy(np.ascontiguousarray(array).copy())
+        state[key] = torch.from_numpy(np.array(array, order="C", copy=True))
     _assign(modules, state, device)
 
 
@@ -200,4 +200,4 @@ def weights_to_state_dict(
     if len(weights) != len(keys):
         raise ValueError(f"expected {len(keys)} weight arrays, got {len(weights)}")
     pairs = zip(keys, weights, strict=True)
-    return OrderedDict((k, torch.from_numpy(np.ascontiguousarray(w).copy())) for k, w in pairs)
+    return OrderedDict((k, torch.from_numpy(np.array(w, order="C", copy=True))) for k, w in pairs)

@@ -1,0 +1,130 @@
+"""End-to-end: real server and client processes over gRPC on 127.0.0.1, real audio, real models."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from brain import init_model
+from weights import get_weights, load_model_file
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subset_tsv(src: Path, dst: Path, n: int, skip: int = 0) -> None:
+    lines = src.read_text(encoding="utf-8").splitlines()
+    dst.write_text("\n".join([lines[0], *lines[1 + skip: 1 + skip + n]]) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory) -> Path:
+    """A few dozen utterances of temp_dataset in Common Voice layout (clips/ is a symlink)."""
+    data = tmp_path_factory.mktemp("data")
+    src = ROOT / "temp_dataset"
+    (data / "clips").symlink_to(src / "clips")
+    subset_tsv(src / "train_0.tsv", data / "train_0.tsv", 40)
+    subset_tsv(src / "train_1.tsv", data / "train_1.tsv", 40)
+    subset_tsv(src / "dev.tsv", data / "dev.tsv", 12)
+    subset_tsv(src / "test.tsv", data / "test.tsv", 16)
+    subset_tsv(src / "train_add.tsv", data / "train_add.tsv", 12)
+    # train.tsv: the tokenizer's transcripts (the full set, so every character is covered)
+    (data / "train.tsv").write_text((src / "train.tsv").read_text(encoding="utf-8"))
+    return data
+
+
+def launch(data: Path, save: Path, *extra: str, timeout: float = 400):
+    cmd = [
+        sys.executable, "scripts/launch.py", "--num_clients", "2", "--data_path", str(data),
+        "--tr_path", str(data), "--dev_path", str(data / "dev.tsv"),
+        "--test_path", str(data / "test.tsv"), "--tr_add_path", str(data / "train_add.tsv"),
+        "--tokenizer_path", str(data / "train.tsv"), "--rounds", "2", "--save_path", str(save),
+        *extra,
+    ]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("weighting", ["num", "loss", "wer"])
+def test_federation_two_rounds(small_data: Path, tmp_path: Path, weighting: str) -> None:
+    save = tmp_path / "run"
+    result = launch(small_data, save, "--weight_strategy", weighting)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    history = json.loads((save / "history.json").read_text())
+    assert [row["round"] for row in history] == [1, 2]
+    for row in history:
+        assert math.isfinite(row["test_wer"]) and math.isfinite(row["test_loss"])
+        assert math.isfinite(row["test_cer"]) and math.isfinite(row["train_loss"])
+        assert set(row["coefficients"]) == {"0", "1"}
+        assert sum(row["coefficients"].values()) == pytest.approx(1.0)
+        assert row["server_train_delta"] > 0  # server-side training moved the weights
+        assert row["client_eval_clients"] == 2  # federated evaluation ran on both clients
+        assert row["seconds"] > 0
+    if weighting == "num":  # equal-sized partitions: equal FedAvg weights
+        assert history[0]["coefficients"]["0"] == pytest.approx(0.5)
+    assert "round | test WER" in result.stdout  # the server's summary table
+
+    # The saved global model loads into a fresh Brain, and is what the server evaluated last.
+    state = torch.load(save / "final_model.ckpt", weights_only=True)
+    assert isinstance(state, dict) and "normalize.glob_mean" in state
+    brain, datasets = init_model(
+        ROOT / "configs" / "small_cpu.yaml", output_folder=tmp_path / "fresh",
+        data_folder=small_data, test_tsv=small_data / "test.tsv",
+        tokenizer_source=small_data / "train.tsv", device="cpu",
+    )
+    before = get_weights(brain.modules)
+    load_model_file(brain.modules, save / "final_model.ckpt")
+    after = get_weights(brain.modules)
+    assert any(not (a == b).all() for a, b in zip(before, after, strict=True))
+    assert brain.test(datasets["test"])["wer"] == pytest.approx(history[-1]["test_wer"])
+
+
+def test_launcher_fails_fast_when_a_client_fails(small_data: Path, tmp_path: Path) -> None:
+    """A client that cannot start makes the launcher stop the server and exit non-zero."""
+    started = time.monotonic()
+    result = launch(small_data, tmp_path / "run", "--client-args", "--config_file", "nope.yaml",
+                    timeout=200)
+    assert result.returncode != 0
+    assert "nope.yaml" in (tmp_path / "run" / "logs" / "client_0.log").read_text()
+    assert time.monotonic() - started < 120
+
+
+def test_tutorial_scripts_one_client_one_round(small_data: Path, tmp_path: Path) -> None:
+    """The tutorial's flow: server.sh in the background, then clients.sh (1 client, 1 round)."""
+    port = free_port()
+    env = {
+        **os.environ, "DATA_PATH": str(small_data), "SAVE_PATH": str(tmp_path / "tut"),
+        "SERVER_ADDRESS": f"127.0.0.1:{port}", "NUM_CLIENTS": "1", "ROUNDS": "1",
+        "PYTHON": sys.executable, "OMP_NUM_THREADS": "1",
+    }
+    server = subprocess.Popen(["bash", "scripts/server.sh"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True)
+    try:
+        clients = subprocess.run(["bash", "scripts/clients.sh"], cwd=ROOT, env=env,
+                                 capture_output=True, text=True, timeout=300)
+        out, _ = server.communicate(timeout=120)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+    assert clients.returncode == 0, clients.stdout[-2000:] + clients.stderr[-2000:]
+    assert server.returncode == 0, out[-3000:]
+    history = json.loads((tmp_path / "tut" / "history.json").read_text())
+    assert len(history) == 1 and math.isfinite(history[0]["test_wer"])
+    assert (tmp_path / "tut" / "final_model.ckpt").is_file()
