@@ -8,11 +8,9 @@ model and ``history.json`` after every round.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import torch
 
 from brain import ASR, ConfigError, init_model
 from common_voice_prepare import DataPrepError
+from history import plot_histories, summary_table, write_json_atomic
 from strategy import WEIGHT_STRATEGIES, TrainAfterAggregateStrategy
 from weights import (
     get_weights,
@@ -33,20 +32,6 @@ from weights import (
 
 logger = logging.getLogger("server")
 HERE = Path(__file__).resolve().parent
-
-
-def write_json_atomic(data: Any, path: Path) -> None:
-    """Write JSON to a temp file beside ``path``, then rename over it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def make_server_train_fn(brain: ASR, train_data, lr: float, local_epochs: int):
@@ -83,33 +68,18 @@ def make_evaluate_fn(brain: ASR, test_sets: dict[str, Any]):
 
 
 def make_round_end_fn(keys: list[str], save_path: Path):
-    """Save the global model and rewrite ``history.json`` (both atomically)."""
+    """Save the global model, rewrite ``history.json`` (both atomically) and redraw the plot."""
 
     def on_round_end(rnd: int, weights, history):
         if weights is not None:
             save_checkpoint(weights_to_state_dict(weights, keys), save_path / "global_model.ckpt")
         write_json_atomic(history, save_path / "history.json")
+        try:
+            plot_histories({save_path.name: history}, save_path / "history.png")
+        except Exception as err:  # a plot must never stop a federation
+            logger.warning("could not draw %s: %s", save_path / "history.png", err)
 
     return on_round_end
-
-
-def summary_table(history: list[dict[str, Any]]) -> str:
-    """A plain-text table of the rounds for the end of the run."""
-    cols = [("round", "round", "{}"), ("test_wer", "test WER", "{:.2f}"),
-            ("test_cer", "test CER", "{:.2f}"), ("test_loss", "test loss", "{:.4f}"),
-            ("train_loss", "train loss", "{:.4f}"), ("valid_wer", "client valid WER", "{:.2f}"),
-            ("seconds", "seconds", "{:.1f}")]
-    extra = sorted({k for row in history for k in row if k.endswith("_wer")
-                    and k.startswith("test_") and k != "test_wer"})
-    cols += [(k, k.replace("_", " "), "{:.2f}") for k in extra]
-    lines = [" | ".join(title for _, title, _ in cols)]
-    for row in history:
-        cells = []
-        for key, _, fmt in cols:
-            value = row.get(key)
-            cells.append(fmt.format(value) if isinstance(value, int | float) else "-")
-        lines.append(" | ".join(cells))
-    return "\n".join(lines)
 
 
 def parse_extra_tests(items: list[str]) -> dict[str, str]:

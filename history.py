@@ -1,0 +1,124 @@
+"""A run's per-round record: ``history.json`` (atomic writes), its summary table and its plot."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+Row = dict[str, Any]
+
+
+def write_json_atomic(data: Any, path: str | Path) -> None:
+    """Write JSON to a temp file beside ``path``, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_history(path: str | Path) -> list[Row]:
+    """Rows of a ``history.json`` (a JSON list with one object per round)."""
+    path = Path(path)
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such history file") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "round" in r for r in rows):
+        raise ValueError(f"{path}: expected a JSON list of round objects")
+    return rows
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def summary_table(history: Sequence[Row]) -> str:
+    """A plain-text table of the rounds (printed by the server at the end of a run)."""
+    cols = [("round", "round", "{:.0f}"), ("test_wer", "test WER", "{:.2f}"),
+            ("test_cer", "test CER", "{:.2f}"), ("test_loss", "test loss", "{:.4f}"),
+            ("train_loss", "train loss", "{:.4f}"), ("valid_wer", "client valid WER", "{:.2f}"),
+            ("seconds", "seconds", "{:.1f}")]
+    extra = sorted({k for row in history for k in row
+                    if k.startswith("test_") and k.endswith("_wer") and k != "test_wer"})
+    cols += [(k, k.replace("_", " ").replace("test ", "test WER ").removesuffix(" wer"), "{:.2f}")
+             for k in extra]
+    lines = [" | ".join(title for _, title, _ in cols)]
+    for row in history:
+        cells = []
+        for key, _, fmt in cols:
+            value = _number(row.get(key))
+            cells.append("-" if value is None else fmt.format(value))
+        lines.append(" | ".join(cells))
+    return "\n".join(lines)
+
+
+def _series(history: Sequence[Row], key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for row in history:
+        value = _number(row.get(key))
+        if value is not None:
+            xs.append(int(row["round"]))
+            ys.append(value)
+    return xs, ys
+
+
+def plot_histories(
+    runs: Mapping[str, Sequence[Row]], out_path: str | Path, title: str | None = None
+) -> Path:
+    """Draw server test WER (solid; extra test sets dashed), test loss and client train loss per
+    round for one or several runs into a PNG; returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_wer, ax_loss, ax_train) = plt.subplots(1, 3, figsize=(15, 4.2))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, history) in enumerate(runs.items()):
+        colour = colours[i % len(colours)]
+        ax_wer.plot(*_series(history, "test_wer"), "o-", color=colour, label=name)
+        extras = sorted({k for row in history for k in row
+                         if k.startswith("test_") and k.endswith("_wer") and k != "test_wer"})
+        for key in extras:
+            label = f"{name}: {key.removeprefix('test_').removesuffix('_wer')}"
+            ax_wer.plot(*_series(history, key), "x--", color=colour, alpha=0.7, label=label)
+        ax_loss.plot(*_series(history, "test_loss"), "o-", color=colour, label=name)
+        ax_train.plot(*_series(history, "train_loss"), "o-", color=colour, label=name)
+    for ax, label in ((ax_wer, "server test WER (%)"), (ax_loss, "server test loss"),
+                      (ax_train, "client train loss (weighted mean)")):
+        ax.set_xlabel("round")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax_wer.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".png", dir=out_path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, out_path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+    return out_path

@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Draw one or several runs' ``history.json`` into a PNG (server test WER and loss, client train
+loss per round). Each argument is a history file or a run folder holding one; ``NAME=PATH`` sets
+the legend label.
+
+    python scripts/plot_history.py results/demo
+    python scripts/plot_history.py fedavg=results/a wer=results/b --out compare.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from history import load_history, plot_histories  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", help="history.json or run folder, optionally NAME=PATH")
+    p.add_argument("--out", type=Path, default=None,
+                   help="PNG to write (default: history.png beside a single run's history)")
+    p.add_argument("--title", default=None)
+    args = p.parse_args(argv)
+    runs = {}
+    try:
+        for item in args.runs:
+            name, sep, path = item.partition("=")
+            path = Path(path if sep else item)
+            if path.is_dir():
+                path = path / "history.json"
+            runs[name if sep else path.parent.name] = load_history(path)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = args.out
+    if out is None:
+        if len(runs) > 1:
+            print("error: --out is required when plotting several runs", file=sys.stderr)
+            return 2
+        out = path.parent / "history.png"
+    print(plot_histories(runs, out, args.title))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Centralised pre-training: train the federation's model on a separate split before round 1.
+
+Writes ``<out>/model.ckpt`` (what ``--pre_train_model_path`` loads at round 1: a plain tensor dict,
+normalisation statistics included) and ``<out>/tokenizer.model``, the tokenizer every server and
+client of the federation must then share (``--tokenizer_path <out>/tokenizer.model``), plus
+``<out>/pretrain.json`` with the per-epoch losses and validation WERs.
+
+    python scripts/pretrain.py --epochs 6 --out results/pretrain
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from brain import ConfigError, init_model  # noqa: E402
+from common_voice_prepare import DataPrepError  # noqa: E402
+from history import write_json_atomic  # noqa: E402
+from weights import model_state_dict, save_checkpoint  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data_path", default=str(ROOT / "temp_dataset"),
+                   help="folder holding clips/")
+    p.add_argument("--train_tsv", default=str(ROOT / "temp_dataset" / "pretrain.tsv"),
+                   help="pre-training split (not any client's data)")
+    p.add_argument("--dev_tsv", default=str(ROOT / "temp_dataset" / "dev.tsv"),
+                   help="validation split, for the WER printed after every epoch")
+    p.add_argument("--tokenizer_path", default=None,
+                   help="tokenizer source (.model or transcripts); default: --train_tsv")
+    p.add_argument("--config_path", default=str(ROOT / "configs"))
+    p.add_argument("--config_file", default="small_cpu.yaml")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--out", default="results/pretrain", help="output folder")
+    p.add_argument("--device", default=None)
+    p.add_argument("--num_threads", type=int, default=0)
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def run(args: argparse.Namespace) -> Path:
+    if args.epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.num_threads > 0:
+        torch.set_num_threads(args.num_threads)
+    out = Path(args.out)
+    brain, datasets = init_model(
+        Path(args.config_path) / args.config_file,
+        output_folder=out / "work",
+        data_folder=args.data_path,
+        train_tsv=args.train_tsv,
+        valid_tsv=args.dev_tsv,
+        tokenizer_source=args.tokenizer_path,
+        device=args.device,
+    )
+    log = []
+    for epoch in range(1, args.epochs + 1):
+        started = time.monotonic()
+        samples, loss, wer = brain.train_epochs(
+            datasets["train"], datasets["dev"], epochs=1, first_epoch=epoch
+        )
+        log.append({"epoch": epoch, "train_loss": loss, "valid_wer": wer,
+                    "seconds": round(time.monotonic() - started, 2)})
+        print(f"pretrain epoch {epoch}: {samples} samples, train loss {loss:.4f}, "
+              f"valid WER {wer:.2f}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(brain.tokenizer.path, out / "tokenizer.model")
+    save_checkpoint(model_state_dict(brain.modules), out / "model.ckpt")
+    write_json_atomic({"config": args.config_file, "train_tsv": args.train_tsv,
+                       "tokenizer_sha256": brain.tokenizer.sha256, "epochs": log},
+                      out / "pretrain.json")
+    print(f"pretrain: wrote {out / 'model.ckpt'} and {out / 'tokenizer.model'}")
+    return out / "model.ckpt"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(args)
+    except (ConfigError, DataPrepError, ValueError, OSError) as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
