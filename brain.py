@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,8 @@ def init_model(
     """
     output_folder = Path(output_folder)
     hparams = load_hparams(config_file, {"output_folder": str(output_folder), **(overrides or {})})
+    # SpeechBrain's shuffling sampler takes its seed from the environment.
+    os.environ.setdefault("SB_GLOBAL_SEED", str(hparams.get("seed", 0)))
     save_folder = output_folder / "save"
     save_folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(config_file, output_folder / "hyperparams.yaml")

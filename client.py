@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder; this client writes to <save_path>/client_<cid>")
     p.add_argument("--server_address", type=str, default="127.0.0.1:8080",
                    help="server host:port")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed (default: the config's seed)")
     p.add_argument("--device", type=str, default=None,
                    help="torch device for training (default: cuda if available, else cpu)")
     p.add_argument("--eval_device", type=str, default=None,
@@ -161,6 +163,7 @@ def run(args: argparse.Namespace) -> None:
         valid_tsv=args.dev_path,
         tokenizer_source=args.tokenizer_path,
         device=args.device,
+        overrides={} if args.seed is None else {"seed": args.seed},
     )
     if args.pre_train_model_path is not None:  # fail now, not at round 1
         load_model_file(brain.modules, args.pre_train_model_path, brain.device)

@@ -43,6 +43,20 @@ def load_history(path: str | Path) -> list[Row]:
     return rows
 
 
+def library_versions() -> dict[str, str]:
+    """Versions of Python and the libraries a run's numbers depend on."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for package in ("torch", "torchaudio", "speechbrain", "flwr", "numpy", "sentencepiece"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None

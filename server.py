@@ -19,8 +19,9 @@ import torch
 
 from brain import ASR, ConfigError, init_model
 from common_voice_prepare import DataPrepError
-from history import plot_histories, summary_table, write_json_atomic
+from history import library_versions, plot_histories, summary_table, write_json_atomic
 from strategy import WEIGHT_STRATEGIES, TrainAfterAggregateStrategy
+from tokenizer import file_sha256
 from weights import (
     get_weights,
     load_model_file,
@@ -129,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="host:port to listen on")
     p.add_argument("--save_path", type=str, default="results",
                    help="output folder: models, history.json, logs")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed (default: the config's seed); recorded in the history")
     p.add_argument("--device", type=str, default=None,
                    help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--num_threads", type=int, default=0,
@@ -168,6 +171,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         extra_tsvs=parse_extra_tests(args.extra_test),
         tokenizer_source=args.tokenizer_path or args.tr_path,
         device=args.device,
+        overrides={} if args.seed is None else {"seed": args.seed},
     )
     if args.pre_train_model_path is not None:
         load_model_file(brain.modules, args.pre_train_model_path, brain.device)
@@ -178,8 +182,19 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if server_lr is None:
         server_lr = float(getattr(brain.hparams, "server_lr", 0.01))
 
+    config_file = Path(args.config_path) / args.config_file
+    run_info = {
+        "seed": brain.hparams.seed,
+        "config": args.config_file,
+        "config_sha256": file_sha256(config_file),
+        "tokenizer_sha256": sha,
+        "weight_strategy": args.weight_strategy,
+        "local_epochs": args.local_epochs,
+        "versions": library_versions(),
+    }
     strategy = TrainAfterAggregateStrategy(
         weight_strategy=args.weight_strategy,
+        row_defaults=run_info,
         server_train_fn=(
             make_server_train_fn(brain, datasets["train"], server_lr, args.local_epochs)
             if args.tr_add_path else None

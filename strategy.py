@@ -152,6 +152,7 @@ class TrainAfterAggregateStrategy(FedAvg):
         tokenizer_sha256: str | None = None,
         start_round: int = 0,
         history: list[dict[str, Any]] | None = None,
+        row_defaults: dict[str, Any] | None = None,
         **fedavg_kwargs: Any,
     ):
         if weight_strategy not in WEIGHT_STRATEGIES:
@@ -165,6 +166,7 @@ class TrainAfterAggregateStrategy(FedAvg):
         self.tokenizer_sha256 = tokenizer_sha256
         self.start_round = start_round
         self.history: list[dict[str, Any]] = list(history or [])
+        self.row_defaults = dict(row_defaults or {})
         self.global_weights: NDArrays | None = None
         if self.initial_parameters is not None:
             self.global_weights = parameters_to_ndarrays(self.initial_parameters)
@@ -177,7 +179,7 @@ class TrainAfterAggregateStrategy(FedAvg):
         for row in self.history:
             if row["round"] == rnd:
                 return row
-        row = {"round": rnd}
+        row = {"round": rnd, **self.row_defaults}
         self.history.append(row)
         return row
 
@@ -205,6 +207,8 @@ class TrainAfterAggregateStrategy(FedAvg):
                     f"tokenizer mismatch (client {str(theirs)[:12]}, server "
                     f"{self.tokenizer_sha256[:12]}): give every process the same --tokenizer_path"
                 )
+        if res.num_examples < 0 or (self.weight_strategy == "num" and res.num_examples == 0):
+            return name, None, f"num_examples must be positive, got {res.num_examples}"
         if self.weight_strategy == "num":
             value: Any = res.num_examples
         else:
@@ -240,8 +244,12 @@ class TrainAfterAggregateStrategy(FedAvg):
 
         kept: list[tuple[str, NDArrays, FitRes]] = []
         rejected: dict[str, str] = {}
+        seen: set[str] = set()
         for proxy, res in results:
             name, arrays, problem = self._screen(proxy, res)
+            if name in seen:  # two clients claiming one id: keep both apart in the history
+                name = f"{name}@{proxy.cid}"
+            seen.add(name)
             if problem is not None or arrays is None:
                 rejected[name] = problem or "no parameters"
                 logger.warning("round %d: rejected client %s: %s", rnd, name, problem)

@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_path", default="results/demo")
     p.add_argument("--port", type=int, default=0, help="0: pick a free port")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--pretrained", default=None, metavar="DIR",
+                   help="start from DIR/model.ckpt with DIR/tokenizer.model (from "
+                        "scripts/pretrain.py; run first if DIR has no model.ckpt)")
     p.add_argument("--start_timeout", type=float, default=300.0,
                    help="seconds to wait for the server to listen")
     p.add_argument("--server-args", dest="server_args", nargs=argparse.REMAINDER, default=[])
@@ -123,6 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     address = f"127.0.0.1:{port}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(args.threads)}
     py = sys.executable
+    shared: list[str] = []  # arguments for the server and every client
+    if args.pretrained:
+        pre = Path(args.pretrained)
+        if not (pre / "model.ckpt").is_file():
+            print(f"launch: no {pre / 'model.ckpt'}; running scripts/pretrain.py first", flush=True)
+            subprocess.run([py, "scripts/pretrain.py", "--out", str(pre), "--config_file",
+                            args.config_file, "--num_threads", "2"], cwd=ROOT, check=True)
+        args.tokenizer_path = str(pre / "tokenizer.model")
+        shared = ["--pre_train_model_path", str(pre / "model.ckpt")]
     server_cmd = [
         py, "server.py", "--data_path", args.data_path, "--test_path", args.test_path,
         "--tokenizer_path", args.tokenizer_path, "--config_file", args.config_file,
@@ -134,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.tr_add_path:
         server_cmd += ["--tr_add_path", args.tr_add_path]
-    server_cmd += args.server_args
+    server_cmd += shared + args.server_args
 
     procs: list[subprocess.Popen] = []
     threads: list[threading.Thread] = []
@@ -160,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--tr_path", args.tr_path, "--dev_path", args.dev_path,
                 "--tokenizer_path", args.tokenizer_path, "--config_file", args.config_file,
                 "--server_address", address, "--save_path", str(save),
-                "--num_threads", str(args.threads), *client_extra,
+                "--num_threads", str(args.threads), *shared, *client_extra,
             ]
             client = start(cmd, env)
             procs.append(client)

@@ -6,7 +6,7 @@ normalisation statistics included) and ``<out>/tokenizer.model``, the tokenizer 
 client of the federation must then share (``--tokenizer_path <out>/tokenizer.model``), plus
 ``<out>/pretrain.json`` with the per-epoch losses and validation WERs.
 
-    python scripts/pretrain.py --epochs 6 --out results/pretrain
+    python scripts/pretrain.py --epochs 15 --out results/pretrain
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokenizer source (.model or transcripts); default: --train_tsv")
     p.add_argument("--config_path", default=str(ROOT / "configs"))
     p.add_argument("--config_file", default="small_cpu.yaml")
-    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--out", default="results/pretrain", help="output folder")
     p.add_argument("--device", default=None)
     p.add_argument("--num_threads", type=int, default=0)
