@@ -46,6 +46,9 @@ class ASR(sb.Brain):
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
+        if stage == sb.Stage.TRAIN:
+            for augment in getattr(self.hparams, "wav_augment", None) or []:
+                wavs = augment(wavs)
         feats = self.hparams.compute_features(wavs)
         epoch = self.hparams.epoch_counter.current if stage == sb.Stage.TRAIN else None
         feats = self.modules.normalize(feats, wav_lens, epoch=epoch)

@@ -9,22 +9,33 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
+import traceback
 from pathlib import Path
 
 import flwr as fl
+import grpc
 import torch
 
-from brain import ASR, ConfigError, init_model
-from common_voice_prepare import DataPrepError
+from brain import ASR, init_model
+from cli import (
+    ArgumentParser,
+    UsageError,
+    check_file,
+    check_writable_dir,
+    exit_now,
+    parse_address,
+    read_bytes,
+    run_main,
+    setup_logging,
+)
 from weights import get_weights, load_model_file, set_weights
 
 logger = logging.getLogger("client")
 HERE = Path(__file__).resolve().parent
 
 
-class TokenizerMismatch(RuntimeError):
+class TokenizerMismatch(ValueError):
     """The server and this client use different tokenizer files."""
 
 
@@ -117,7 +128,7 @@ def train_tsv_for(tr_path: str | Path, cid: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Federated SpeechBrain ASR client (Flower, gRPC)")
+    p = ArgumentParser(description="Federated SpeechBrain ASR client (Flower, gRPC)")
     p.add_argument("--cid", type=str, required=True, help="this client's id")
     p.add_argument("--data_path", type=str, required=True,
                    help="Common Voice folder (holds clips/)")
@@ -137,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder; this client writes to <save_path>/client_<cid>")
     p.add_argument("--server_address", type=str, default="127.0.0.1:8080",
                    help="server host:port")
+    p.add_argument("--root_certificates", type=str, default=None, metavar="CA",
+                   help="CA certificate of a TLS server (the link is encrypted and the server "
+                        "authenticated)")
+    p.add_argument("--max_wait", type=float, default=300.0,
+                   help="seconds to keep retrying (with back-off) while the server is "
+                        "unreachable, at start and after a lost connection")
     p.add_argument("--seed", type=int, default=None,
                    help="random seed (default: the config's seed)")
     p.add_argument("--device", type=str, default=None,
@@ -152,7 +169,62 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse impossible settings before anything slow happens."""
+    if not Path(args.data_path).is_dir():
+        raise UsageError(f"--data_path {args.data_path}: no such folder")
+    tsv = train_tsv_for(args.tr_path, args.cid)
+    if not tsv.is_file():
+        raise UsageError(f"--tr_path {tsv}: no such TSV file")
+    for flag in ("dev_path", "pre_train_model_path", "root_certificates"):
+        check_file(getattr(args, flag), f"--{flag}")
+    parse_address(args.server_address)
+    if args.max_wait < 0:
+        raise UsageError(f"--max_wait must not be negative, got {args.max_wait}")
+    check_writable_dir(args.save_path, "--save_path")
+
+
+def connect(client: fl.client.Client, args: argparse.Namespace, root_ca: bytes | None) -> None:
+    """Serve the server until it says goodbye; retry with back-off while it is unreachable.
+
+    A lost connection (say, the server was restarted with ``--resume``) is retried too, for up
+    to ``--max_wait`` seconds each time.
+    """
+    delay, waited = 1.0, 0.0
+    while True:
+        try:
+            fl.client.start_client(
+                server_address=args.server_address,
+                client=client,
+                grpc_max_message_length=args.grpc_max_message_length,
+                root_certificates=root_ca,
+                insecure=root_ca is None,
+            )
+            return
+        except grpc.RpcError as err:
+            code = err.code() if hasattr(err, "code") else None
+            if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                details = err.details() if hasattr(err, "details") else str(err)
+                raise ConnectionError(
+                    f"--server_address {args.server_address}: gRPC error "
+                    f"{getattr(code, 'name', code)}: {details}"
+                ) from None
+            if waited >= args.max_wait:
+                hint = " (TLS: is --root_certificates the server's CA?)" if root_ca else ""
+                raise ConnectionError(
+                    f"--server_address {args.server_address}: server unreachable for "
+                    f"{waited:.0f}s (--max_wait){hint}"
+                ) from None
+            logger.warning("server %s unreachable, retrying in %.0fs", args.server_address, delay)
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 30.0, max(args.max_wait - waited, 0.5))
+
+
 def run(args: argparse.Namespace) -> None:
+    check_args(args)
+    root_ca = read_bytes(args.root_certificates, "--root_certificates") \
+        if args.root_certificates else None
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
     brain, datasets = init_model(
@@ -169,27 +241,19 @@ def run(args: argparse.Namespace) -> None:
         load_model_file(brain.modules, args.pre_train_model_path, brain.device)
     client = SpeechBrainClient(args.cid, brain, datasets, args.pre_train_model_path,
                                args.eval_device)
-    fl.client.start_client(
-        server_address=args.server_address,
-        client=client.to_client(),
-        grpc_max_message_length=args.grpc_max_message_length,
-        insecure=True,
-    )
+    connect(client.to_client(), args, root_ca)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("flwr").propagate = False  # Flower prints through its own handler
+    setup_logging(args.debug)
     try:
-        run(args)
-    except (ConfigError, DataPrepError, TokenizerMismatch, ValueError, OSError) as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        code = run_main(run, args)
+    except BaseException:  # a bug: show it, then leave (Flower's threads would keep us alive)
+        traceback.print_exc()
+        code = 1
+    exit_now(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

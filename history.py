@@ -136,3 +136,72 @@ def plot_histories(
         plt.close(fig)
         Path(tmp).unlink(missing_ok=True)
     return out_path
+
+
+class RunStore:
+    """A run folder: ``history.json`` plus the global model of the last completed round.
+
+    Order of writes after a round, each one atomic: ``checkpoints/round_NNNN.ckpt``, then
+    ``history.json`` (whose row names that file and its SHA-256), then ``global_model.ckpt`` (a
+    hard link to it), then older round files are removed. A kill at any moment leaves a history
+    whose last row points at an intact checkpoint, which is what ``--resume`` loads.
+    """
+
+    def __init__(self, save_path: str | Path, keys: Sequence[str]):
+        self.path = Path(save_path)
+        self.keys = list(keys)
+        self.checkpoints = self.path / "checkpoints"
+
+    @property
+    def history_file(self) -> Path:
+        return self.path / "history.json"
+
+    def save_round(self, rnd: int, weights: Sequence[Any] | None, history: list[Row]) -> None:
+        """Record round ``rnd``: its model (when given) and the whole history."""
+        from tokenizer import file_sha256
+        from weights import save_checkpoint, weights_to_state_dict
+
+        ckpt = None
+        if weights is not None:
+            ckpt = self.checkpoints / f"round_{rnd:04d}.ckpt"
+            save_checkpoint(weights_to_state_dict(weights, self.keys), ckpt)
+            row = next(r for r in history if r["round"] == rnd)
+            row["model_checkpoint"] = str(ckpt.relative_to(self.path))
+            row["model_sha256"] = file_sha256(ckpt)
+        write_json_atomic(history, self.history_file)
+        if ckpt is not None:
+            _link_or_copy(ckpt, self.path / "global_model.ckpt")
+            for old in self.checkpoints.glob("round_*.ckpt"):
+                if old != ckpt:
+                    old.unlink(missing_ok=True)
+
+    def load_latest(self) -> tuple[list[Row], dict[str, Any]]:
+        """History and model state of the last completed round, checked against each other."""
+        from tokenizer import file_sha256
+        from weights import load_checkpoint
+
+        if not self.history_file.is_file():
+            raise ValueError(f"--resume: no {self.history_file} to resume from")
+        history = load_history(self.history_file)
+        if not history:
+            raise ValueError(f"--resume: {self.history_file} has no completed round")
+        last = history[-1]
+        ckpt = self.path / str(last.get("model_checkpoint", ""))
+        if not last.get("model_checkpoint") or not ckpt.is_file():
+            raise ValueError(f"--resume: checkpoint of round {last['round']} missing ({ckpt})")
+        if file_sha256(ckpt) != last.get("model_sha256"):
+            raise ValueError(f"--resume: {ckpt} does not match the history's SHA-256")
+        return history, load_checkpoint(ckpt)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Atomically make ``target`` the same file as ``source`` (hard link, else a copy)."""
+    import shutil
+
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)

@@ -1,30 +1,40 @@
 """Federated server: aggregates the clients' weights, trains on its held-out set, evaluates, saves.
 
 The server builds its own SpeechBrain model once and wraps it into the strategy's callables:
-server-side training on ``--tr_add_path``, evaluation on ``--test_path`` and saving of the global
-model and ``history.json`` after every round.
+server-side training on ``--tr_add_path``, evaluation on ``--test_path``, and saving of the global
+model and ``history.json`` after every round (``--resume`` continues from them after a crash).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
-import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 import flwr as fl
 import torch
 
-from brain import ASR, ConfigError, init_model
-from common_voice_prepare import DataPrepError
-from history import library_versions, plot_histories, summary_table, write_json_atomic
+from brain import ASR, init_model
+from cli import (
+    ArgumentParser,
+    UsageError,
+    check_file,
+    check_port_free,
+    check_writable_dir,
+    exit_now,
+    read_bytes,
+    run_main,
+    setup_logging,
+)
+from history import RunStore, library_versions, plot_histories, summary_table
 from strategy import WEIGHT_STRATEGIES, TrainAfterAggregateStrategy
 from tokenizer import file_sha256
 from weights import (
     get_weights,
     load_model_file,
+    load_model_state_dict,
     save_checkpoint,
     set_weights,
     weight_keys,
@@ -68,17 +78,15 @@ def make_evaluate_fn(brain: ASR, test_sets: dict[str, Any]):
     return evaluate
 
 
-def make_round_end_fn(keys: list[str], save_path: Path):
-    """Save the global model, rewrite ``history.json`` (both atomically) and redraw the plot."""
+def make_round_end_fn(store: RunStore):
+    """Persist the round (model, then history) and redraw the plot."""
 
     def on_round_end(rnd: int, weights, history):
-        if weights is not None:
-            save_checkpoint(weights_to_state_dict(weights, keys), save_path / "global_model.ckpt")
-        write_json_atomic(history, save_path / "history.json")
+        store.save_round(rnd, weights, history)
         try:
-            plot_histories({save_path.name: history}, save_path / "history.png")
+            plot_histories({store.path.name: history}, store.path / "history.png")
         except Exception as err:  # a plot must never stop a federation
-            logger.warning("could not draw %s: %s", save_path / "history.png", err)
+            logger.warning("could not draw %s: %s", store.path / "history.png", err)
 
     return on_round_end
 
@@ -88,13 +96,13 @@ def parse_extra_tests(items: list[str]) -> dict[str, str]:
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name.isidentifier() or not path:
-            raise ConfigError(f"--extra_test '{item}': expected NAME=TSV, e.g. unseen=test_b.tsv")
+            raise UsageError(f"--extra_test '{item}': expected NAME=TSV, e.g. unseen=test_b.tsv")
         extra[name] = path
     return extra
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Federated SpeechBrain ASR server (Flower, gRPC)")
+    p = ArgumentParser(description="Federated SpeechBrain ASR server (Flower, gRPC)")
     p.add_argument("--data_path", type=str, required=True,
                    help="Common Voice folder (holds clips/) for the server's own sets")
     p.add_argument("--config_path", type=str, default=str(HERE / "configs"),
@@ -117,17 +125,27 @@ def build_parser() -> argparse.ArgumentParser:
                         "it from")
     p.add_argument("--pre_train_model_path", type=str, default=None,
                    help="start the global model from this checkpoint")
-    p.add_argument("--min_fit_clients", type=int, default=2, help="clients trained per round")
+    p.add_argument("--min_fit_clients", type=int, default=2,
+                   help="clients trained per round; fewer answers and the round is not used")
     p.add_argument("--min_available_clients", type=int, default=2,
                    help="clients that must be connected before a round starts")
-    p.add_argument("--rounds", type=int, default=5, help="federated rounds")
+    p.add_argument("--rounds", type=int, default=5, help="federated rounds (in all, with --resume)")
     p.add_argument("--local_epochs", type=int, default=1, help="epochs each client trains a round")
     p.add_argument("--weight_strategy", type=str, default="num", choices=WEIGHT_STRATEGIES,
                    help="client weighting: num (FedAvg), loss or wer")
     p.add_argument("--fraction_evaluate", type=float, default=1.0,
                    help="share of clients evaluating on their dev sets each round (0: none)")
+    p.add_argument("--accept_failures", action=argparse.BooleanOptionalAction, default=True,
+                   help="aggregate a round in which some clients failed (if at least "
+                        "--min_fit_clients answered)")
+    p.add_argument("--round_timeout", type=float, default=None,
+                   help="seconds to wait for clients in a round; later answers count as failures")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --save_path from its last completed round")
     p.add_argument("--server_address", type=str, default="127.0.0.1:8080",
-                   help="host:port to listen on")
+                   help="host:port to listen on (0.0.0.0:PORT to accept other machines)")
+    p.add_argument("--certificates", nargs=3, metavar=("CA", "CERT", "KEY"), default=None,
+                   help="enable TLS: CA certificate, server certificate and private key files")
     p.add_argument("--save_path", type=str, default="results",
                    help="output folder: models, history.json, logs")
     p.add_argument("--seed", type=int, default=None,
@@ -143,17 +161,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    if args.rounds < 1:
-        raise ConfigError(f"--rounds must be at least 1, got {args.rounds}")
-    if args.local_epochs < 1:
-        raise ConfigError(f"--local_epochs must be at least 1, got {args.local_epochs}")
-    if args.min_fit_clients < 1:
-        raise ConfigError(f"--min_fit_clients must be at least 1, got {args.min_fit_clients}")
+    """Refuse impossible settings before anything slow happens."""
+    for flag in ("rounds", "local_epochs", "min_fit_clients"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag} must be at least 1, got {getattr(args, flag)}")
     if args.min_fit_clients > args.min_available_clients:
-        raise ConfigError(
+        raise UsageError(
             f"--min_fit_clients ({args.min_fit_clients}) exceeds --min_available_clients "
             f"({args.min_available_clients})"
         )
+    if not 0.0 <= args.fraction_evaluate <= 1.0:
+        raise UsageError(f"--fraction_evaluate must be within [0, 1], got {args.fraction_evaluate}")
+    if args.round_timeout is not None and args.round_timeout <= 0:
+        raise UsageError(f"--round_timeout must be positive, got {args.round_timeout}")
+    if args.grpc_max_message_length < 1024:
+        raise UsageError(f"--grpc_max_message_length too small: {args.grpc_max_message_length}")
+    if not Path(args.data_path).is_dir():
+        raise UsageError(f"--data_path {args.data_path}: no such folder")
+    for flag in ("test_path", "tr_add_path", "pre_train_model_path"):
+        check_file(getattr(args, flag), f"--{flag}")
+    for path in args.certificates or []:
+        check_file(path, "--certificates")
+    check_port_free(args.server_address)
+    check_writable_dir(args.save_path, "--save_path")
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -161,9 +191,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
     save_path = Path(args.save_path)
-    save_path.mkdir(parents=True, exist_ok=True)
+    config_file = Path(args.config_path) / args.config_file
     brain, datasets = init_model(
-        Path(args.config_path) / args.config_file,
+        config_file,
         output_folder=save_path / "server",
         data_folder=args.data_path,
         train_tsv=args.tr_add_path,
@@ -173,16 +203,21 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         device=args.device,
         overrides={} if args.seed is None else {"seed": args.seed},
     )
-    if args.pre_train_model_path is not None:
-        load_model_file(brain.modules, args.pre_train_model_path, brain.device)
     keys = weight_keys(brain.modules)
-    sha = brain.tokenizer.sha256
-    test_sets = {k: v for k, v in datasets.items() if k not in ("train", "dev")}
-    server_lr = args.server_lr
-    if server_lr is None:
-        server_lr = float(getattr(brain.hparams, "server_lr", 0.01))
+    store = RunStore(save_path, keys)
+    history: list[dict[str, Any]] = []
+    if args.resume:
+        history, state = store.load_latest()
+        load_model_state_dict(brain.modules, state, brain.device)
+        logger.info("resuming after round %d from %s", history[-1]["round"], store.path)
+    elif args.pre_train_model_path is not None:
+        load_model_file(brain.modules, args.pre_train_model_path, brain.device)
+    done = history[-1]["round"] if history else 0
+    certificates = None
+    if args.certificates:
+        certificates = tuple(read_bytes(p, "--certificates") for p in args.certificates)
 
-    config_file = Path(args.config_path) / args.config_file
+    sha = brain.tokenizer.sha256
     run_info = {
         "seed": brain.hparams.seed,
         "config": args.config_file,
@@ -192,15 +227,22 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         "local_epochs": args.local_epochs,
         "versions": library_versions(),
     }
+    server_lr = args.server_lr
+    if server_lr is None:
+        server_lr = float(getattr(brain.hparams, "server_lr", 0.01))
+    test_sets = {k: v for k, v in datasets.items() if k not in ("train", "dev")}
     strategy = TrainAfterAggregateStrategy(
         weight_strategy=args.weight_strategy,
-        row_defaults=run_info,
         server_train_fn=(
             make_server_train_fn(brain, datasets["train"], server_lr, args.local_epochs)
             if args.tr_add_path else None
         ),
-        on_round_end=make_round_end_fn(keys, save_path),
+        on_round_end=make_round_end_fn(store),
         tokenizer_sha256=sha,
+        start_round=done,
+        history=history,
+        row_defaults=run_info,
+        accept_failures=args.accept_failures,
         fraction_fit=1.0,
         fraction_evaluate=args.fraction_evaluate,
         min_fit_clients=args.min_fit_clients,
@@ -213,40 +255,36 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         on_evaluate_config_fn=lambda rnd: {"epoch_global": rnd, "tokenizer_sha256": sha},
         initial_parameters=fl.common.ndarrays_to_parameters(get_weights(brain.modules)),
     )
-    logger.info("server ready: %s weighting, %d rounds, tokenizer %s", args.weight_strategy,
-                args.rounds, brain.tokenizer.path)
-    fl.server.start_server(
-        server_address=args.server_address,
-        config=fl.server.ServerConfig(num_rounds=args.rounds),
-        strategy=strategy,
-        grpc_max_message_length=args.grpc_max_message_length,
-    )
-    if strategy.global_weights is not None:
-        save_checkpoint(weights_to_state_dict(strategy.global_weights, keys),
-                        save_path / "final_model.ckpt")
-    write_json_atomic(strategy.history, save_path / "history.json")
-    print(summary_table(strategy.history))
+    if done < args.rounds:
+        logger.info("server ready: %s weighting, rounds %d-%d, tokenizer %s, TLS %s",
+                    args.weight_strategy, done + 1, args.rounds, brain.tokenizer.path,
+                    "on" if certificates else "off")
+        fl.server.start_server(
+            server_address=args.server_address,
+            config=fl.server.ServerConfig(num_rounds=args.rounds - done,
+                                          round_timeout=args.round_timeout),
+            strategy=strategy,
+            grpc_max_message_length=args.grpc_max_message_length,
+            certificates=certificates,
+        )
+    else:
+        logger.info("all %d rounds already done in %s", args.rounds, store.path)
+    save_checkpoint(weights_to_state_dict(strategy.global_weights, keys),
+                    save_path / "final_model.ckpt")
+    print(summary_table(strategy.history), flush=True)
     return strategy.history
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("flwr").propagate = False  # Flower prints through its own handler
+    setup_logging(args.debug)
     try:
-        run(args)
-    except (ConfigError, DataPrepError, ValueError, OSError) as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except BaseException as err:  # noqa: BLE001
-        # Flower leaves its gRPC threads running after an exception: the process would hang.
-        logger.exception("server stopped: %s", err)
-        sys.stderr.flush()
-        os._exit(1)
-    return 0
+        code = run_main(run, args)
+    except BaseException:  # a bug: show it, then leave (Flower's threads would keep us alive)
+        traceback.print_exc()
+        code = 1
+    exit_now(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -171,6 +171,8 @@ class TrainAfterAggregateStrategy(FedAvg):
         if self.initial_parameters is not None:
             self.global_weights = parameters_to_ndarrays(self.initial_parameters)
         self._round_started: dict[int, float] = {}
+        self._asked: set[str] = set()  # Flower node ids sent fit instructions this round
+        self._names: dict[str, str] = {}  # Flower node id -> the client's own --cid
 
     def __repr__(self) -> str:
         return f"TrainAfterAggregateStrategy(weight_strategy={self.weight_strategy})"
@@ -195,7 +197,9 @@ class TrainAfterAggregateStrategy(FedAvg):
         self._round_started[rnd] = time.monotonic()
         if self.global_weights is None:
             self.global_weights = parameters_to_ndarrays(parameters)
-        return super().configure_fit(rnd, parameters, client_manager)
+        instructions = super().configure_fit(rnd, parameters, client_manager)
+        self._asked = {proxy.cid for proxy, _ in instructions}
+        return instructions
 
     def _screen(self, proxy: ClientProxy, res: FitRes) -> tuple[str, NDArrays | None, str | None]:
         """Decode one result; return (client name, arrays, reason to reject or None)."""
@@ -234,11 +238,24 @@ class TrainAfterAggregateStrategy(FedAvg):
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         rnd = server_round + self.start_round
         row = self._row(rnd)
+        for proxy, res in results:
+            self._names[proxy.cid] = client_name(proxy, res.metrics)
+        answered = {proxy.cid for proxy, _ in results}
+        failed = sorted(self._names.get(node, node) for node in self._asked - answered)
         row["failures"] = len(failures)
+        row["failed_clients"] = failed
         for failure in failures:
             logger.warning("round %d: a client failed: %s", rnd, _describe_failure(failure))
+        if failed:
+            logger.warning("round %d: no update from client(s) %s", rnd, ", ".join(failed))
         if failures and not self.accept_failures:
-            logger.warning("round %d: failures not accepted, global model kept", rnd)
+            logger.warning("round %d: failures not accepted (--no-accept_failures), "
+                           "global model kept", rnd)
+            row["accepted"] = False
+            return None, {}
+        if len(results) < self.min_fit_clients:
+            logger.warning("round %d: only %d of --min_fit_clients %d answered, global model "
+                           "kept", rnd, len(results), self.min_fit_clients)
             row["accepted"] = False
             return None, {}
 
@@ -296,6 +313,8 @@ class TrainAfterAggregateStrategy(FedAvg):
     # ---- evaluation ----------------------------------------------------------------------------
     def evaluate(self, server_round, parameters):
         rnd = server_round + self.start_round if server_round > 0 else 0
+        if server_round == 0 and self.start_round > 0:
+            return None  # resuming: the model was evaluated when its round ended
         result = super().evaluate(rnd, parameters)
         if server_round == 0:
             if result is not None:
@@ -320,6 +339,8 @@ class TrainAfterAggregateStrategy(FedAvg):
         failures: list[tuple[ClientProxy, EvaluateRes] | BaseException],
     ) -> tuple[float | None, dict[str, Scalar]]:
         rnd = server_round + self.start_round
+        for proxy, res in results:
+            self._names[proxy.cid] = client_name(proxy, res.metrics)
         loss, metrics = super().aggregate_evaluate(rnd, results, failures)
         if loss is not None:
             row = self._row(rnd)

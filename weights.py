@@ -161,9 +161,11 @@ def save_checkpoint(state: Mapping[str, torch.Tensor], path: str | Path) -> None
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise OSError(err.errno, f"cannot write {path} ({err.strerror or err})") from err
         raise
 
 

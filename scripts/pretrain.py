@@ -12,7 +12,6 @@ client of the federation must then share (``--tokenizer_path <out>/tokenizer.mod
 from __future__ import annotations
 
 import argparse
-import logging
 import shutil
 import sys
 import time
@@ -23,14 +22,14 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from brain import ConfigError, init_model  # noqa: E402
-from common_voice_prepare import DataPrepError  # noqa: E402
+from brain import init_model  # noqa: E402
+from cli import ArgumentParser, UsageError, run_main, setup_logging  # noqa: E402
 from history import write_json_atomic  # noqa: E402
 from weights import model_state_dict, save_checkpoint  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data_path", default=str(ROOT / "temp_dataset"),
                    help="folder holding clips/")
     p.add_argument("--train_tsv", default=str(ROOT / "temp_dataset" / "pretrain.tsv"),
@@ -51,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> Path:
     if args.epochs < 1:
-        raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
+        raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
     if args.num_threads > 0:
         torch.set_num_threads(args.num_threads)
     out = Path(args.out)
@@ -86,15 +85,8 @@ def run(args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        run(args)
-    except (ConfigError, DataPrepError, ValueError, OSError) as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    setup_logging(args.debug)
+    return run_main(run, args)
 
 
 if __name__ == "__main__":

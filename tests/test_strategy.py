@@ -299,7 +299,7 @@ def test_aggregate_fit_weightings(weighting, coefficients, expected_float, expec
 
 def test_client_without_cid_metric_is_named_by_node_id():
     results = [(Proxy("node-9"), fit_res(A, 10, train_loss=1.0))]
-    strategy = make_strategy()
+    strategy = make_strategy(min_fit_clients=1)
     strategy.aggregate_fit(1, results, [])
     assert strategy.history[-1]["coefficients"] == {"node-9": 1.0}
 
@@ -456,12 +456,16 @@ def test_evaluate_records_test_metrics_and_calls_on_round_end():
     def on_round_end(rnd, arrays, history):
         ends.append((rnd, arrays, [dict(row) for row in history]))
 
-    strategy = make_strategy(evaluate_fn=evaluate_fn, on_round_end=on_round_end, start_round=2)
+    fresh = make_strategy(evaluate_fn=evaluate_fn, on_round_end=on_round_end)
     # round 0 (initial model): evaluated, but no history row and no round end
-    assert strategy.evaluate(0, ndarrays_to_parameters(GLOBAL)) == (0.5, {"wer": 12.0,
-                                                                          "cer": 3.0})
-    assert strategy.history == [] and ends == []
+    assert fresh.evaluate(0, ndarrays_to_parameters(GLOBAL)) == (0.5, {"wer": 12.0, "cer": 3.0})
+    assert fresh.history == [] and ends == []
     assert seen_eval[0][0] == 0
+
+    strategy = make_strategy(evaluate_fn=evaluate_fn, on_round_end=on_round_end, start_round=2)
+    # a resumed run does not evaluate its starting model again
+    assert strategy.evaluate(0, ndarrays_to_parameters(GLOBAL)) is None
+    assert len(seen_eval) == 1
 
     params, _ = strategy.aggregate_fit(1, two_clients(), [])
     assert strategy.evaluate(1, params) == (0.5, {"wer": 12.0, "cer": 3.0})
@@ -500,3 +504,11 @@ def test_duplicate_client_ids_kept_apart():
     results = two_clients(b_metrics={"cid": "a"})
     strategy.aggregate_fit(1, results, [])
     assert set(strategy.history[-1]["coefficients"]) == {"a", "a@node-2"}
+
+
+def test_round_with_fewer_answers_than_min_fit_clients_is_not_used():
+    strategy = make_strategy(min_fit_clients=3)
+    params, metrics = strategy.aggregate_fit(1, two_clients(), [RuntimeError("client died")])
+    assert params is None and metrics == {}
+    assert strategy.history[-1]["accepted"] is False
+    assert strategy.history[-1]["failures"] == 1

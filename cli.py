@@ -1,0 +1,119 @@
+"""What every command line here shares: one-line errors with exit status 2, and logging setup.
+
+A user's mistake (a missing file, a bad flag, a busy port) ends in ``error: <one line naming the
+file or flag>`` on stderr and exit status 2; ``--debug`` shows the traceback instead. Anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import socket
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+
+class UsageError(ValueError):
+    """A problem with the command line or the environment it names; one line."""
+
+
+# Errors that are the user's to fix. OSError covers unreadable/unwritable files and full disks.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
+        text = f"{err.filename}: {text}"
+    return text
+
+
+def run_main(run: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> int:
+    """Call ``run(args)``; user errors become one line on stderr and exit status 2."""
+    try:
+        run(args)
+    except USER_ERRORS as err:
+        if getattr(args, "debug", False):
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def setup_logging(debug: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    logging.getLogger("flwr").propagate = False  # Flower prints through its own handler
+    for noisy in ("speechbrain.utils.train_logger", "speechbrain.utils.checkpoints"):
+        logging.getLogger(noisy).setLevel(logging.INFO)
+
+
+def check_writable_dir(path: str | Path, flag: str) -> Path:
+    """Create ``path`` if needed and prove a file can be written there."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise UsageError(f"{flag} {path}: not writable ({err.strerror or err})") from None
+    return path
+
+
+def check_file(path: str | Path | None, flag: str) -> None:
+    if path is not None and not Path(path).is_file():
+        raise UsageError(f"{flag} {path}: no such file")
+
+
+def parse_address(address: str, flag: str = "--server_address") -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"{flag} '{address}': expected HOST:PORT, e.g. 127.0.0.1:8080")
+    return host, int(port)
+
+
+def check_port_free(address: str, flag: str = "--server_address") -> None:
+    """Fail early, with the flag named, if nothing can listen on ``address``."""
+    host, port = parse_address(address, flag)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise UsageError(f"{flag} {address}: port {port} is already in use") from None
+            raise UsageError(f"{flag} {address}: cannot listen there ({err.strerror})") from None
+
+
+def read_bytes(path: str | Path, flag: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise UsageError(f"{flag} {path}: {err.strerror or 'cannot read'}") from None
+
+
+def exit_now(code: int) -> NoReturn:
+    """Leave at once: Flower's gRPC threads would keep a failed process alive."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
