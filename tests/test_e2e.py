@@ -6,7 +6,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,39 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, free_port
 
 from brain import init_model
 from weights import get_weights, load_model_file
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def subset_tsv(src: Path, dst: Path, n: int, skip: int = 0) -> None:
-    lines = src.read_text(encoding="utf-8").splitlines()
-    dst.write_text("\n".join([lines[0], *lines[1 + skip: 1 + skip + n]]) + "\n", encoding="utf-8")
-
-
-@pytest.fixture(scope="session")
-def small_data(tmp_path_factory) -> Path:
-    """A few dozen utterances of temp_dataset in Common Voice layout (clips/ is a symlink)."""
-    data = tmp_path_factory.mktemp("data")
-    src = ROOT / "temp_dataset"
-    (data / "clips").symlink_to(src / "clips")
-    subset_tsv(src / "train_0.tsv", data / "train_0.tsv", 40)
-    subset_tsv(src / "train_1.tsv", data / "train_1.tsv", 40)
-    subset_tsv(src / "dev.tsv", data / "dev.tsv", 12)
-    subset_tsv(src / "test.tsv", data / "test.tsv", 16)
-    subset_tsv(src / "train_add.tsv", data / "train_add.tsv", 12)
-    # train.tsv: the tokenizer's transcripts (the full set, so every character is covered)
-    (data / "train.tsv").write_text((src / "train.tsv").read_text(encoding="utf-8"))
-    return data
 
 
 def launch(data: Path, save: Path, *extra: str, timeout: float = 400):
