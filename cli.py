@@ -105,6 +105,24 @@ def check_port_free(address: str, flag: str = "--server_address") -> None:
             raise UsageError(f"{flag} {address}: cannot listen there ({err.strerror})") from None
 
 
+def parse_overrides(items: list[str], seed: int | None = None) -> dict[str, object]:
+    """``--override KEY=VALUE`` (repeatable; VALUE is YAML) and ``--seed`` as config overrides."""
+    from ruamel.yaml import YAML
+
+    overrides: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--override '{item}': expected KEY=VALUE, e.g. batch_size=4")
+        try:
+            overrides[key.strip()] = YAML(typ="safe").load(value)
+        except Exception as err:
+            raise UsageError(f"--override '{item}': value is not valid YAML ({err})") from None
+    if seed is not None:
+        overrides["seed"] = seed
+    return overrides
+
+
 def read_bytes(path: str | Path, flag: str) -> bytes:
     try:
         return Path(path).read_bytes()

@@ -25,6 +25,7 @@ from cli import (
     check_writable_dir,
     exit_now,
     parse_address,
+    parse_overrides,
     read_bytes,
     run_main,
     setup_logging,
@@ -154,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_wait", type=float, default=300.0,
                    help="seconds to keep retrying (with back-off) while the server is "
                         "unreachable, at start and after a lost connection")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a top-level config value (repeatable; VALUE is YAML), e.g. "
+                        "batch_size=4; model sizes must match on server and clients")
     p.add_argument("--seed", type=int, default=None,
                    help="random seed (default: the config's seed)")
     p.add_argument("--device", type=str, default=None,
@@ -235,7 +239,7 @@ def run(args: argparse.Namespace) -> None:
         valid_tsv=args.dev_path,
         tokenizer_source=args.tokenizer_path,
         device=args.device,
-        overrides={} if args.seed is None else {"seed": args.seed},
+        overrides=parse_overrides(args.override, args.seed),
     )
     if args.pre_train_model_path is not None:  # fail now, not at round 1
         load_model_file(brain.modules, args.pre_train_model_path, brain.device)

@@ -24,6 +24,7 @@ from cli import (
     check_port_free,
     check_writable_dir,
     exit_now,
+    parse_overrides,
     read_bytes,
     run_main,
     setup_logging,
@@ -148,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="enable TLS: CA certificate, server certificate and private key files")
     p.add_argument("--save_path", type=str, default="results",
                    help="output folder: models, history.json, logs")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a top-level config value (repeatable; VALUE is YAML), e.g. "
+                        "batch_size=4; model sizes must match on server and clients")
     p.add_argument("--seed", type=int, default=None,
                    help="random seed (default: the config's seed); recorded in the history")
     p.add_argument("--device", type=str, default=None,
@@ -201,7 +205,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         extra_tsvs=parse_extra_tests(args.extra_test),
         tokenizer_source=args.tokenizer_path or args.tr_path,
         device=args.device,
-        overrides={} if args.seed is None else {"seed": args.seed},
+        overrides=parse_overrides(args.override, args.seed),
     )
     keys = weight_keys(brain.modules)
     store = RunStore(save_path, keys)
@@ -225,6 +229,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         "tokenizer_sha256": sha,
         "weight_strategy": args.weight_strategy,
         "local_epochs": args.local_epochs,
+        "overrides": args.override,
         "versions": library_versions(),
     }
     server_lr = args.server_lr

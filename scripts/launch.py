@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test_path", default="temp_dataset/test.tsv")
     p.add_argument("--tr_add_path", default="temp_dataset/train_add.tsv",
                    help="server held-out set ('' to turn server-side training off)")
+    p.add_argument("--extra_test", action="append", default=[], metavar="NAME=TSV",
+                   help="extra server test set (repeatable), e.g. unseen=test_unseen.tsv")
     p.add_argument("--tokenizer_path", default="temp_dataset/train.tsv")
     p.add_argument("--config_file", default="small_cpu.yaml")
     p.add_argument("--rounds", type=int, default=5)
@@ -146,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.tr_add_path:
         server_cmd += ["--tr_add_path", args.tr_add_path]
+    for item in args.extra_test:
+        server_cmd += ["--extra_test", item]
     server_cmd += shared + args.server_args
 
     procs: list[subprocess.Popen] = []

@@ -23,7 +23,13 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from brain import init_model  # noqa: E402
-from cli import ArgumentParser, UsageError, run_main, setup_logging  # noqa: E402
+from cli import (  # noqa: E402
+    ArgumentParser,
+    UsageError,
+    parse_overrides,
+    run_main,
+    setup_logging,
+)
 from history import write_json_atomic  # noqa: E402
 from weights import model_state_dict, save_checkpoint  # noqa: E402
 
@@ -41,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config_path", default=str(ROOT / "configs"))
     p.add_argument("--config_file", default="small_cpu.yaml")
     p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a top-level config value (repeatable)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the config's)")
     p.add_argument("--out", default="results/pretrain", help="output folder")
     p.add_argument("--device", default=None)
     p.add_argument("--num_threads", type=int, default=0)
@@ -62,6 +71,7 @@ def run(args: argparse.Namespace) -> Path:
         valid_tsv=args.dev_tsv,
         tokenizer_source=args.tokenizer_path,
         device=args.device,
+        overrides=parse_overrides(args.override, args.seed),
     )
     log = []
     for epoch in range(1, args.epochs + 1):

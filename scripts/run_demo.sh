@@ -9,6 +9,7 @@ scripts/setup_env.sh
 exec .venv/bin/python scripts/launch.py \
   --num_clients "${NUM_CLIENTS:-3}" \
   --save_path "${SAVE_PATH:-results/demo}" \
-  --rounds "${ROUNDS:-5}" \
-  --local_epochs "${LOCAL_EPOCHS:-1}" \
+  --rounds "${ROUNDS:-7}" \
+  --local_epochs "${LOCAL_EPOCHS:-2}" \
+  --extra_test unseen=temp_dataset/test_unseen.tsv \
   "$@"
