@@ -1,8 +1,8 @@
 """What every command line here shares: one-line errors with exit status 2, and logging setup.
 
 A user's mistake (a missing file, a bad flag, a busy port) ends in ``error: <one line naming the
-file or flag>`` on stderr and exit status 2; ``--debug`` shows the traceback instead. Anything
-else is a bug and keeps its traceback.
+file or flag>`` on stderr and exit status 2; ``--debug`` prints the traceback before that line.
+Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
@@ -36,19 +37,23 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
-        text = f"{err.filename}: {text}"
-    return text
+    text = str(err)
+    if isinstance(err, OSError) and err.strerror:  # "<file>: <reason>", without "[Errno N]"
+        names = [str(f) for f in (err.filename, err.filename2) if f is not None]
+        text = f"{' -> '.join(names)}: {err.strerror}" if names else err.strerror
+    return " ".join(text.split()) or type(err).__name__
 
 
 def run_main(run: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> int:
-    """Call ``run(args)``; user errors become one line on stderr and exit status 2."""
+    """Call ``run(args)``; user errors become one line on stderr and exit status 2.
+
+    With ``--debug`` the traceback comes first; the exit status stays 2.
+    """
     try:
         run(args)
     except USER_ERRORS as err:
         if getattr(args, "debug", False):
-            raise
+            traceback.print_exc()
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

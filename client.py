@@ -182,6 +182,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--tr_path {tsv}: no such TSV file")
     for flag in ("dev_path", "pre_train_model_path", "root_certificates"):
         check_file(getattr(args, flag), f"--{flag}")
+    if args.tokenizer_path is not None and not Path(args.tokenizer_path).exists():
+        raise UsageError(f"--tokenizer_path {args.tokenizer_path}: no such file or folder")
     parse_address(args.server_address)
     if args.max_wait < 0:
         raise UsageError(f"--max_wait must not be negative, got {args.max_wait}")

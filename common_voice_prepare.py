@@ -253,12 +253,13 @@ def prepare_tsv(
             why = f"all {total} clips missing under {data / 'clips'}"
         else:
             reasons = [
-                (len(missing), "clips missing"), (len(no_path), "rows without a path"),
-                (len(unreadable), "audio empty/unreadable"), (len(no_words), "empty sentences"),
-                (len(too_long), f"longer than {max_duration}s"),
-                (len(too_short), f"shorter than {min_duration}s"),
+                (missing, "clips missing"), (no_path, "rows without a path"),
+                (unreadable, "audio empty/unreadable"), (no_words, "empty sentences"),
+                (too_long, f"longer than {max_duration}s"),
+                (too_short, f"shorter than {min_duration}s"),
             ]
-            why = ", ".join(f"{n} {text}" for n, text in reasons if n)
+            why = "; ".join(f"{len(items)} {text}, e.g. {items[0]}" for items, text in reasons
+                            if items)
         raise DataPrepError(f"{tsv}: no usable rows out of {total} ({why})")
 
     buffer = io.StringIO()

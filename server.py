@@ -186,6 +186,8 @@ def check_args(args: argparse.Namespace) -> None:
         check_file(getattr(args, flag), f"--{flag}")
     for path in args.certificates or []:
         check_file(path, "--certificates")
+    if args.tokenizer_path is not None and not Path(args.tokenizer_path).exists():
+        raise UsageError(f"--tokenizer_path {args.tokenizer_path}: no such file or folder")
     check_port_free(args.server_address)
     check_writable_dir(args.save_path, "--save_path")
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
+import re
 import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -176,9 +178,21 @@ def load_checkpoint(path: str | Path) -> OrderedDict[str, torch.Tensor]:
         raise ValueError(f"{path}: checkpoint not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's weights_only unpickler said no
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed|\n\n|$)",
+                          str(err), re.S)
+        why = " ".join(found.group(1).split())[:120] if found else "not plain tensors"
+        raise ValueError(
+            f"{path}: refused: holds pickled code or objects other than tensors ({why}); "
+            "nothing in it was run"
+        ) from err
     except Exception as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"{path}: cannot load checkpoint safely ({first[:200]})") from err
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+        first = (text.splitlines() or [""])[0].split(". ")[0][:160]
+        detail = f"{type(err).__name__}: {first}" if first else type(err).__name__
+        what = ("truncated or corrupt" if "PytorchStreamReader" in text or isinstance(err, EOFError)
+                else "not a torch checkpoint")
+        raise ValueError(f"{path}: cannot load checkpoint: {what} ({detail})") from err
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
