@@ -102,6 +102,8 @@ def check_port_free(address: str, flag: str = "--server_address") -> None:
     host, port = parse_address(address, flag)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        # Like gRPC: a port whose old connections linger in TIME_WAIT is free to listen on.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as err:

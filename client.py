@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import time
 import traceback
 from pathlib import Path
@@ -57,8 +58,14 @@ class SpeechBrainClient(fl.client.NumPyClient):
         self.dev_data = datasets.get("dev")
         self.pre_train_model_path = pre_train_model_path
         self.eval_device = eval_device
+        self.last_contact = -math.inf  # when the server last asked us something
+
+    def get_properties(self, config):
+        self.last_contact = time.monotonic()
+        return {"cid": self.cid}
 
     def get_parameters(self, config):
+        self.last_contact = time.monotonic()
         return get_weights(self.brain.modules)
 
     def _check_tokenizer(self, config) -> None:
@@ -71,6 +78,7 @@ class SpeechBrainClient(fl.client.NumPyClient):
             )
 
     def fit(self, parameters, config):
+        self.last_contact = time.monotonic()
         self._check_tokenizer(config)
         rnd = int(config["epoch_global"])
         epochs = int(config["epochs"])
@@ -97,6 +105,7 @@ class SpeechBrainClient(fl.client.NumPyClient):
         return get_weights(self.brain.modules), samples, metrics
 
     def evaluate(self, parameters, config):
+        self.last_contact = time.monotonic()
         if self.dev_data is None:
             raise ValueError(f"client {self.cid}: no --dev_path to evaluate on")
         self._check_tokenizer(config)
@@ -190,18 +199,20 @@ def check_args(args: argparse.Namespace) -> None:
     check_writable_dir(args.save_path, "--save_path")
 
 
-def connect(client: fl.client.Client, args: argparse.Namespace, root_ca: bytes | None) -> None:
+def connect(client: SpeechBrainClient, args: argparse.Namespace, root_ca: bytes | None) -> None:
     """Serve the server until it says goodbye; retry with back-off while it is unreachable.
 
-    A lost connection (say, the server was restarted with ``--resume``) is retried too, for up
-    to ``--max_wait`` seconds each time.
+    The ``--max_wait`` budget starts at the first failed attempt, and starts again after the
+    server has been in touch, so a lost connection (say, the server was restarted with
+    ``--resume``) gets the full budget too.
     """
-    delay, waited = 1.0, 0.0
+    delay, failing_since = 1.0, None
     while True:
+        attempt = time.monotonic()
         try:
             fl.client.start_client(
                 server_address=args.server_address,
-                client=client,
+                client=client.to_client(),
                 grpc_max_message_length=args.grpc_max_message_length,
                 root_certificates=root_ca,
                 insecure=root_ca is None,
@@ -215,16 +226,20 @@ def connect(client: fl.client.Client, args: argparse.Namespace, root_ca: bytes |
                     f"--server_address {args.server_address}: gRPC error "
                     f"{getattr(code, 'name', code)}: {details}"
                 ) from None
-            if waited >= args.max_wait:
-                hint = " (TLS: is --root_certificates the server's CA?)" if root_ca else ""
-                raise ConnectionError(
-                    f"--server_address {args.server_address}: server unreachable for "
-                    f"{waited:.0f}s (--max_wait){hint}"
-                ) from None
-            logger.warning("server %s unreachable, retrying in %.0fs", args.server_address, delay)
-            time.sleep(delay)
-            waited += delay
-            delay = min(delay * 2, 30.0, max(args.max_wait - waited, 0.5))
+        now = time.monotonic()
+        if failing_since is None or client.last_contact >= attempt:
+            failing_since, delay = now, 1.0  # first failure, or the link worked since the last
+        waited = now - failing_since
+        if waited >= args.max_wait:
+            hint = " (TLS: is --root_certificates the server's CA?)" if root_ca else ""
+            raise ConnectionError(
+                f"--server_address {args.server_address}: server unreachable for "
+                f"{waited:.0f}s (--max_wait){hint}"
+            )
+        pause = max(0.1, min(delay, args.max_wait - waited))
+        logger.warning("server %s unreachable, retrying in %.0fs", args.server_address, pause)
+        time.sleep(pause)
+        delay = min(delay * 2, 30.0)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -247,7 +262,7 @@ def run(args: argparse.Namespace) -> None:
         load_model_file(brain.modules, args.pre_train_model_path, brain.device)
     client = SpeechBrainClient(args.cid, brain, datasets, args.pre_train_model_path,
                                args.eval_device)
-    connect(client.to_client(), args, root_ca)
+    connect(client, args, root_ca)
 
 
 def main(argv: list[str] | None = None) -> int:

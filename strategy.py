@@ -26,6 +26,7 @@ import numpy as np
 from flwr.common import (
     EvaluateRes,
     FitRes,
+    GetPropertiesIns,
     Parameters,
     Scalar,
     ndarrays_to_parameters,
@@ -197,9 +198,25 @@ class TrainAfterAggregateStrategy(FedAvg):
         self._round_started[rnd] = time.monotonic()
         if self.global_weights is None:
             self.global_weights = parameters_to_ndarrays(parameters)
+        # Size the sample from everyone connected once enough are: FedAvg alone counts the
+        # clients present before it waits, so round 1 would train only --min_fit_clients.
+        client_manager.wait_for(self.min_available_clients)
         instructions = super().configure_fit(rnd, parameters, client_manager)
         self._asked = {proxy.cid for proxy, _ in instructions}
+        self._learn_names(proxy for proxy, _ in instructions)
         return instructions
+
+    def _learn_names(self, proxies) -> None:
+        """Ask new clients for their ``--cid``, so that failures can be reported by name."""
+        for proxy in proxies:
+            if proxy.cid in self._names:
+                continue
+            try:
+                res = proxy.get_properties(GetPropertiesIns(config={}), timeout=30, group_id=None)
+            except Exception:  # an old or foreign client: its node id will do
+                continue
+            if "cid" in res.properties:
+                self._names[proxy.cid] = str(res.properties["cid"])
 
     def _screen(self, proxy: ClientProxy, res: FitRes) -> tuple[str, NDArrays | None, str | None]:
         """Decode one result; return (client name, arrays, reason to reject or None)."""
@@ -353,6 +370,8 @@ class TrainAfterAggregateStrategy(FedAvg):
 
 def _describe_failure(failure: tuple[ClientProxy, FitRes] | BaseException) -> str:
     if isinstance(failure, BaseException):
-        return f"{type(failure).__name__}: {failure}"
+        text = str(failure) or ("connection closed (the client exited, or a message exceeded "
+                                "--grpc_max_message_length)")
+        return f"{type(failure).__name__}: {text}"
     proxy, res = failure
     return f"client {client_name(proxy, res.metrics)} returned status {res.status.code.name}"
