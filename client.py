@@ -17,6 +17,7 @@ from pathlib import Path
 import flwr as fl
 import grpc
 import torch
+from flwr.common import GRPC_MAX_MESSAGE_LENGTH
 
 from brain import ASR, init_model
 from cli import (
@@ -176,8 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_threads", type=int, default=0,
                    help="torch CPU threads (0: torch's default); use 1 when several "
                         "processes share a few cores")
-    p.add_argument("--grpc_max_message_length", type=int, default=1024**3,
-                   help="largest gRPC message in bytes (the model travels in one)")
+    p.add_argument("--grpc_max_message_length", type=int, default=GRPC_MAX_MESSAGE_LENGTH,
+                   help="largest gRPC message in bytes (the model travels in one; default: "
+                        "gRPC's ceiling, 2 GiB)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 

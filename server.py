@@ -15,6 +15,7 @@ from typing import Any
 
 import flwr as fl
 import torch
+from flwr.common import GRPC_MAX_MESSAGE_LENGTH
 
 from brain import ASR, init_model
 from cli import (
@@ -158,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--num_threads", type=int, default=0,
                    help="torch CPU threads (0: torch's default)")
-    p.add_argument("--grpc_max_message_length", type=int, default=1024**3,
-                   help="largest gRPC message in bytes (the model travels in one)")
+    p.add_argument("--grpc_max_message_length", type=int, default=GRPC_MAX_MESSAGE_LENGTH,
+                   help="largest gRPC message in bytes (the model travels in one; default: "
+                        "gRPC's ceiling, 2 GiB)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
