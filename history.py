@@ -121,10 +121,18 @@ def plot_histories(
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    ax_wer.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    if len(runs) == 1:
+        ax_wer.legend(fontsize=8)
+        fig.tight_layout()
+    else:  # many lines: the legend goes under the panels, not over the curves
+        handles, labels = ax_wer.get_legend_handles_labels()
+        ncol = 4
+        rows = -(-len(labels) // ncol)
+        fig.set_size_inches(15, 4.2 + 0.25 * rows)
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+        fig.tight_layout(rect=(0, 0.25 * rows / (4.2 + 0.25 * rows) + 0.02, 1, 1))
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".png", dir=out_path.parent)
