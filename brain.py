@@ -38,6 +38,8 @@ class ASR(sb.Brain):
     """Speech recogniser whose ``fit`` and ``evaluate`` report what federated averaging needs."""
 
     tokenizer: Tokenizer
+    lr_override: float | None = None  # learning rate for the next fit (server-side training)
+    samples_seen: int = 0
 
     @property
     def is_seq2seq(self) -> bool:
@@ -387,7 +389,6 @@ def init_model(
         checkpointer=None,  # the federation saves models itself; never auto-recover here
     )
     brain.tokenizer = tokenizer
-    brain.lr_override = None
     brain._reset_counts()
     init_norm_stats(brain.modules, hparams["n_mels"])
     brain.modules.to(brain.device)
