@@ -17,6 +17,7 @@ import flwr as fl
 import torch
 from flwr.common import GRPC_MAX_MESSAGE_LENGTH
 
+from aggregate import WEIGHT_STRATEGIES
 from brain import ASR, init_model
 from cli import (
     ArgumentParser,
@@ -31,7 +32,7 @@ from cli import (
     setup_logging,
 )
 from history import RunStore, library_versions, plot_histories, summary_table
-from strategy import WEIGHT_STRATEGIES, TrainAfterAggregateStrategy
+from strategy import TrainAfterAggregateStrategy
 from tokenizer import file_sha256
 from weights import (
     get_weights,

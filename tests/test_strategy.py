@@ -1,4 +1,4 @@
-"""Tests for strategy: aggregation math and TrainAfterAggregateStrategy with constructed FitRes.
+"""Tests for aggregate (the weighting math) and TrainAfterAggregateStrategy with constructed FitRes.
 
 Expected numbers are literals worked out by hand (formula in the comment next to each), never the
 output of the function under test.
@@ -13,17 +13,37 @@ import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_proxy import ClientProxy
 
-from strategy import (
-    TrainAfterAggregateStrategy,
+from aggregate import (
     aggregation_coefficients,
+    l2_distance,
     update_problem,
     weighted_average,
+    weighted_metrics,
 )
+from strategy import TrainAfterAggregateStrategy
 
 # softmax of (0, -1): [1, e^-1] / (1 + e^-1), e^-1 = 0.36787944117144233
 SOFTMAX_0_M1 = [0.7310585786300049, 0.2689414213699951]
 # softmax of (0, -10): [1, e^-10] / (1 + e^-10), e^-10 = 4.5399929762484854e-05
 SOFTMAX_0_M10 = [0.9999546021312976, 4.5397868702434395e-05]
+
+
+# ---- weighted_metrics and l2_distance ----------------------------------------------------------
+def test_weighted_metrics_weights_by_examples_and_skips_non_numbers():
+    results = [
+        (10, {"wer": 20.0, "cid": "a", "x": math.nan}),
+        (30, {"wer": 40.0, "flag": True, "x": 2.0}),
+    ]
+    # wer = (10 * 20 + 30 * 40) / 40 = 35; x only from the finite value; strings and bools dropped
+    assert weighted_metrics(results) == {"wer": 35.0, "x": 2.0}
+    assert weighted_metrics([]) == {}
+
+
+def test_l2_distance_over_float_arrays_only():
+    a = [np.array([0.0, 0.0], dtype=np.float32), np.array(5, dtype=np.int64)]
+    b = [np.array([3.0, 4.0], dtype=np.float32), np.array(9, dtype=np.int64)]
+    assert l2_distance(a, b) == 5.0  # sqrt(3^2 + 4^2); the int64 counter is not a weight
+    assert l2_distance(a, a) == 0.0
 
 
 # ---- aggregation_coefficients --------------------------------------------------------------------
