@@ -1,4 +1,4 @@
-"""SpeechBrain side of the federation: the ASR Brain, its data pipeline, and ``init_model``.
+"""SpeechBrain side of the federation: the ASR Brain and ``init_model``.
 
 Two model families are chosen by the config: the tutorial's joint CTC + attention model (a CRDNN
 encoder with a GRU attentional decoder; the config defines ``dec``) and a CTC-only model (no ``dec``
@@ -10,28 +10,22 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import speechbrain as sb
 import torch
-import torchaudio.functional as taf
-from hyperpyyaml import load_hyperpyyaml
-from speechbrain.dataio import audio_io
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.metric_stats import ErrorRateStats
 
+from audio_data import make_datasets
 from common_voice_prepare import prepare_tsv
+from config_file import ConfigError, check_config_keys, load_hparams
 from tokenizer import Tokenizer, load_tokenizer
 from weights import init_norm_stats
 
 logger = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A bad config file, override or combination of paths; the message is one line."""
 
 
 class ASR(sb.Brain):
@@ -209,114 +203,6 @@ class ASR(sb.Brain):
         )
         cer = self.stage_stats[sb.Stage.TEST]["CER"]
         return {"samples": samples, "loss": loss, "wer": wer, "cer": cer}
-
-
-# ---- data ---------------------------------------------------------------------------------------
-def load_audio(path: str, sample_rate: int) -> torch.Tensor:
-    """Mono float waveform at ``sample_rate`` (stereo is averaged, other rates resampled)."""
-    signal, rate = audio_io.load(path)  # (channels, frames)
-    signal = signal.float().mean(dim=0)
-    if rate != sample_rate:
-        signal = taf.resample(signal, rate, sample_rate)
-    return signal
-
-
-def make_datasets(
-    hparams: dict[str, Any], tokenizer: Tokenizer, csv_files: dict[str, Path]
-) -> dict[str, DynamicItemDataset]:
-    """Datasets with ``sig`` (audio) and token pipelines, from prepared SpeechBrain CSVs."""
-    sample_rate = hparams["sample_rate"]
-    cache: dict[str, torch.Tensor] | None = {} if hparams.get("cache_audio", False) else None
-
-    @sb.utils.data_pipeline.takes("wav")
-    @sb.utils.data_pipeline.provides("sig")
-    def audio_pipeline(wav):
-        if cache is None:
-            return load_audio(wav, sample_rate)
-        if wav not in cache:
-            cache[wav] = load_audio(wav, sample_rate)
-        return cache[wav]
-
-    bos, eos = hparams["bos_index"], hparams["eos_index"]
-
-    @sb.utils.data_pipeline.takes("wrd")
-    @sb.utils.data_pipeline.provides("tokens_list", "tokens_bos", "tokens_eos", "tokens")
-    def text_pipeline(wrd):
-        tokens_list = tokenizer.encode_as_ids(wrd)
-        yield tokens_list
-        yield torch.LongTensor([bos] + tokens_list)
-        yield torch.LongTensor(tokens_list + [eos])
-        yield torch.LongTensor(tokens_list)
-
-    datasets = {}
-    for split, csv_file in csv_files.items():
-        data = DynamicItemDataset.from_csv(csv_path=str(csv_file))
-        if split == "train" and hparams.get("sorting", "random") in ("ascending", "descending"):
-            data = data.filtered_sorted(
-                sort_key="duration", reverse=hparams["sorting"] == "descending"
-            )
-        elif split != "train":
-            data = data.filtered_sorted(sort_key="duration")
-        sb.dataio.dataset.add_dynamic_item([data], audio_pipeline)
-        sb.dataio.dataset.add_dynamic_item([data], text_pipeline)
-        sb.dataio.dataset.set_output_keys(
-            [data], ["id", "sig", "wrd", "tokens_bos", "tokens_eos", "tokens"]
-        )
-        datasets[split] = data
-    return datasets
-
-
-# What the Brain, init_model and the server read from a config (a missing one would otherwise be
-# a KeyError/AttributeError deep inside training).
-REQUIRED_KEYS = (
-    "seed", "sample_rate", "n_mels", "output_neurons", "token_type", "blank_index", "bos_index",
-    "eos_index", "compute_features", "log_softmax", "ctc_cost", "modules", "opt_class",
-    "epoch_counter", "dataloader_options", "test_dataloader_options",
-)
-REQUIRED_MODULES = ("enc", "ctc_lin", "normalize")
-SEQ2SEQ_KEYS = ("seq_cost", "ctc_weight", "number_of_ctc_epochs")
-SEQ2SEQ_MODULES = ("emb", "seq_lin")
-
-
-def check_config_keys(config_file: str | Path, hparams: dict) -> None:
-    """A key or module the code needs but the config lacks is a one-line ConfigError."""
-    missing = [k for k in REQUIRED_KEYS if k not in hparams]
-    modules = hparams.get("modules")
-    if not missing and not isinstance(modules, dict):
-        raise ConfigError(f"{config_file}: 'modules' must be a mapping of name: module")
-    if not missing:
-        needed = list(REQUIRED_MODULES)
-        if "dec" in modules:
-            beam = hparams.get("decode_method", "greedy") == "beam"
-            searcher = "beam_searcher" if beam else "greedy_searcher"
-            needed += list(SEQ2SEQ_MODULES)
-            missing += [k for k in (*SEQ2SEQ_KEYS, searcher) if k not in hparams]
-        missing += [f"modules.{m}" for m in needed if m not in modules]
-    if missing:
-        keys = ", ".join(repr(k) for k in missing)
-        raise ConfigError(f"{config_file}: missing key{'s' if len(missing) > 1 else ''} {keys}")
-
-
-def load_hparams(config_file: str | Path, overrides: dict[str, Any] | None = None) -> dict:
-    """Read a hyperpyyaml config; a missing file or bad YAML becomes a one-line ConfigError."""
-    path = Path(config_file)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return load_hyperpyyaml(f, overrides or {})
-    except Exception as err:  # hyperpyyaml raises many types; keep the first line
-        text = str(err).strip()
-        first = text.splitlines()[0] if text else type(err).__name__
-        mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
-        ref = re.search(r'reference "([^"]+)" is not valid', text)
-        if ref:
-            why = f"missing key '{ref.group(1)}' (used as <{ref.group(1)}>)"
-        elif mark is not None and problem:
-            why = f"invalid YAML, line {mark.line + 1}: {problem}"
-        else:
-            why = f"invalid config ({first})"
-        raise ConfigError(f"{path}: {why}") from err
 
 
 def init_model(

@@ -67,7 +67,7 @@ def add_noise(
     """Copies of the clips with white noise at ``snr_db``; rows point at the copies."""
     import soundfile as sf
 
-    from brain import load_audio
+    from audio_data import load_audio
 
     rng = np.random.default_rng(seed)
     noisy_dir = out_dir / "noisy_clips"

@@ -33,8 +33,9 @@ import pytest
 import soundfile as sf
 import torch
 
-import brain
+import audio_data
 import cli
+import config_file
 import history
 import weights
 from tests.conftest import ROOT, client_cmd, free_port, run_cli, server_cmd, subset_tsv
@@ -156,7 +157,8 @@ def truncated_checkpoint(c: Ctx) -> None:
 
 def other_architecture_checkpoint(c: Ctx) -> None:
     """small_cpu with output_neurons 40 instead of 32."""
-    hp = brain.load_hparams(SMALL_CPU, {"output_neurons": 40, "output_folder": str(c.tmp / "hp")})
+    overrides = {"output_neurons": 40, "output_folder": str(c.tmp / "hp")}
+    hp = config_file.load_hparams(SMALL_CPU, overrides)
     modules = torch.nn.ModuleDict(hp["modules"])
     weights.init_norm_stats(modules, hp["n_mels"])
     weights.save_checkpoint(weights.model_state_dict(modules), c.tmp / "out40.ckpt")
@@ -342,7 +344,7 @@ def timed(cmd: list[str], ctx: Ctx) -> Outcome:
 def model_ckpt(tmp_path_factory) -> Path:
     """A real small_cpu checkpoint (fresh weights, normalisation statistics included)."""
     out = tmp_path_factory.mktemp("ckpt")
-    hp = brain.load_hparams(SMALL_CPU, {"output_folder": str(out / "hp")})
+    hp = config_file.load_hparams(SMALL_CPU, {"output_folder": str(out / "hp")})
     modules = torch.nn.ModuleDict(hp["modules"])
     weights.init_norm_stats(modules, hp["n_mels"])
     weights.save_checkpoint(weights.model_state_dict(modules), out / "model.ckpt")
@@ -368,11 +370,11 @@ def odd_audio_folder(folder: Path, data: Path) -> tuple[Path, list[str]]:
     for k, row in enumerate(good_rows(Ctx(data, folder, 0, Path()), 4)):
         spk, name, sentence = row.split("\t")
         if k % 2 == 0:
-            wav = brain.load_audio(str(data / "clips" / name), 8000).numpy()
+            wav = audio_data.load_audio(str(data / "clips" / name), 8000).numpy()
             new = f"mono8k_{k}.wav"
             sf.write(clips / new, wav, 8000)
         else:
-            wav = brain.load_audio(str(data / "clips" / name), 44100).numpy()
+            wav = audio_data.load_audio(str(data / "clips" / name), 44100).numpy()
             new = f"stereo44k_{k}.flac"
             sf.write(clips / new, np.stack([wav, 0.5 * wav], axis=1), 44100)
         good.append(f"{spk}\t{new}\t{sentence}")
@@ -484,7 +486,7 @@ def test_odd_audio_loads_as_mono_16k(tmp_path: Path) -> None:
     tone44 = (0.3 * np.sin(2 * np.pi * 440 * t44)).astype(np.float32)
     sf.write(tmp_path / "stereo44k.flac", np.stack([tone44, -0.5 * tone44], axis=1), 44100)
     for name in ("mono8k.wav", "stereo44k.flac"):
-        signal = brain.load_audio(str(tmp_path / name), 16000)
+        signal = audio_data.load_audio(str(tmp_path / name), 16000)
         assert signal.dim() == 1
         assert abs(signal.numel() - 32000) <= 2
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, make_small_data, run_cli
 
-from brain import init_model, load_audio
+from audio_data import load_audio
+from brain import init_model
 from common_voice_prepare import read_tsv
 from weights import get_weights
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-import brain
+import config_file
 import weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def build(config: Path, out: Path, overrides: dict | None = None, *, norm_stats:
     with pytest.MonkeyPatch.context() as mp:
         if fast_init:
             mp.setattr(torch.nn.init, "orthogonal_", _cheap_orthogonal)
-        hparams = brain.load_hparams(config, {"output_folder": str(out), **(overrides or {})})
+        hparams = config_file.load_hparams(config, {"output_folder": str(out), **(overrides or {})})
     modules = torch.nn.ModuleDict(hparams["modules"])
     if norm_stats:
         weights.init_norm_stats(modules, hparams["n_mels"])

@@ -1,0 +1,68 @@
+"""Audio loading and the SpeechBrain datasets (audio and token pipelines) from prepared CSVs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import speechbrain as sb
+import torch
+import torchaudio.functional as taf
+from speechbrain.dataio import audio_io
+from speechbrain.dataio.dataset import DynamicItemDataset
+
+from tokenizer import Tokenizer
+
+
+def load_audio(path: str, sample_rate: int) -> torch.Tensor:
+    """Mono float waveform at ``sample_rate`` (stereo is averaged, other rates resampled)."""
+    signal, rate = audio_io.load(path)  # (channels, frames)
+    signal = signal.float().mean(dim=0)
+    if rate != sample_rate:
+        signal = taf.resample(signal, rate, sample_rate)
+    return signal
+
+
+def make_datasets(
+    hparams: dict[str, Any], tokenizer: Tokenizer, csv_files: dict[str, Path]
+) -> dict[str, DynamicItemDataset]:
+    """Datasets with ``sig`` (audio) and token pipelines, from prepared SpeechBrain CSVs."""
+    sample_rate = hparams["sample_rate"]
+    cache: dict[str, torch.Tensor] | None = {} if hparams.get("cache_audio", False) else None
+
+    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.provides("sig")
+    def audio_pipeline(wav):
+        if cache is None:
+            return load_audio(wav, sample_rate)
+        if wav not in cache:
+            cache[wav] = load_audio(wav, sample_rate)
+        return cache[wav]
+
+    bos, eos = hparams["bos_index"], hparams["eos_index"]
+
+    @sb.utils.data_pipeline.takes("wrd")
+    @sb.utils.data_pipeline.provides("tokens_list", "tokens_bos", "tokens_eos", "tokens")
+    def text_pipeline(wrd):
+        tokens_list = tokenizer.encode_as_ids(wrd)
+        yield tokens_list
+        yield torch.LongTensor([bos] + tokens_list)
+        yield torch.LongTensor(tokens_list + [eos])
+        yield torch.LongTensor(tokens_list)
+
+    datasets = {}
+    for split, csv_file in csv_files.items():
+        data = DynamicItemDataset.from_csv(csv_path=str(csv_file))
+        if split == "train" and hparams.get("sorting", "random") in ("ascending", "descending"):
+            data = data.filtered_sorted(
+                sort_key="duration", reverse=hparams["sorting"] == "descending"
+            )
+        elif split != "train":
+            data = data.filtered_sorted(sort_key="duration")
+        sb.dataio.dataset.add_dynamic_item([data], audio_pipeline)
+        sb.dataio.dataset.add_dynamic_item([data], text_pipeline)
+        sb.dataio.dataset.set_output_keys(
+            [data], ["id", "sig", "wrd", "tokens_bos", "tokens_eos", "tokens"]
+        )
+        datasets[split] = data
+    return datasets

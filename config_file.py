@@ -1,0 +1,67 @@
+"""Reading and checking a hyperpyyaml config; every problem becomes a one-line ConfigError."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from hyperpyyaml import load_hyperpyyaml
+
+
+class ConfigError(ValueError):
+    """A bad config file, override or combination of paths; the message is one line."""
+
+
+
+# What the Brain, init_model and the server read from a config (a missing one would otherwise be
+# a KeyError/AttributeError deep inside training).
+REQUIRED_KEYS = (
+    "seed", "sample_rate", "n_mels", "output_neurons", "token_type", "blank_index", "bos_index",
+    "eos_index", "compute_features", "log_softmax", "ctc_cost", "modules", "opt_class",
+    "epoch_counter", "dataloader_options", "test_dataloader_options",
+)
+REQUIRED_MODULES = ("enc", "ctc_lin", "normalize")
+SEQ2SEQ_KEYS = ("seq_cost", "ctc_weight", "number_of_ctc_epochs")
+SEQ2SEQ_MODULES = ("emb", "seq_lin")
+
+
+def check_config_keys(config_file: str | Path, hparams: dict) -> None:
+    """A key or module the code needs but the config lacks is a one-line ConfigError."""
+    missing = [k for k in REQUIRED_KEYS if k not in hparams]
+    modules = hparams.get("modules")
+    if not missing and not isinstance(modules, dict):
+        raise ConfigError(f"{config_file}: 'modules' must be a mapping of name: module")
+    if not missing:
+        needed = list(REQUIRED_MODULES)
+        if "dec" in modules:
+            beam = hparams.get("decode_method", "greedy") == "beam"
+            searcher = "beam_searcher" if beam else "greedy_searcher"
+            needed += list(SEQ2SEQ_MODULES)
+            missing += [k for k in (*SEQ2SEQ_KEYS, searcher) if k not in hparams]
+        missing += [f"modules.{m}" for m in needed if m not in modules]
+    if missing:
+        keys = ", ".join(repr(k) for k in missing)
+        raise ConfigError(f"{config_file}: missing key{'s' if len(missing) > 1 else ''} {keys}")
+
+
+def load_hparams(config_file: str | Path, overrides: dict[str, Any] | None = None) -> dict:
+    """Read a hyperpyyaml config; a missing file or bad YAML becomes a one-line ConfigError."""
+    path = Path(config_file)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return load_hyperpyyaml(f, overrides or {})
+    except Exception as err:  # hyperpyyaml raises many types; keep the first line
+        text = str(err).strip()
+        first = text.splitlines()[0] if text else type(err).__name__
+        mark, problem = getattr(err, "problem_mark", None), getattr(err, "problem", None)
+        ref = re.search(r'reference "([^"]+)" is not valid', text)
+        if ref:
+            why = f"missing key '{ref.group(1)}' (used as <{ref.group(1)}>)"
+        elif mark is not None and problem:
+            why = f"invalid YAML, line {mark.line + 1}: {problem}"
+        else:
+            why = f"invalid config ({first})"
+        raise ConfigError(f"{path}: {why}") from err
