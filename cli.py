@@ -142,3 +142,23 @@ def exit_now(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def main_and_exit(
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], object],
+    argv: list[str] | None = None,
+) -> NoReturn:
+    """Entry point of a federation process: parse, log, run, then leave with the right status.
+
+    An unexpected exception (a bug) prints its traceback and exits 1; leaving with ``os._exit``
+    matters because Flower's threads would otherwise keep the process alive.
+    """
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "debug", False))
+    try:
+        code = run_main(run, args)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    exit_now(code)

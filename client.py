@@ -11,8 +11,8 @@ import argparse
 import logging
 import math
 import time
-import traceback
 from pathlib import Path
+from typing import NoReturn
 
 import flwr as fl
 import grpc
@@ -25,12 +25,10 @@ from cli import (
     UsageError,
     check_file,
     check_writable_dir,
-    exit_now,
+    main_and_exit,
     parse_address,
     parse_overrides,
     read_bytes,
-    run_main,
-    setup_logging,
 )
 from weights import get_weights, load_model_file, set_weights
 
@@ -267,15 +265,8 @@ def run(args: argparse.Namespace) -> None:
     connect(client, args, root_ca)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.debug)
-    try:
-        code = run_main(run, args)
-    except BaseException:  # a bug: show it, then leave (Flower's threads would keep us alive)
-        traceback.print_exc()
-        code = 1
-    exit_now(code)
+def main(argv: list[str] | None = None) -> NoReturn:
+    main_and_exit(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import flwr as fl
 import torch
@@ -25,11 +24,9 @@ from cli import (
     check_file,
     check_port_free,
     check_writable_dir,
-    exit_now,
+    main_and_exit,
     parse_overrides,
     read_bytes,
-    run_main,
-    setup_logging,
 )
 from history import RunStore, library_versions, plot_histories, summary_table
 from strategy import TrainAfterAggregateStrategy
@@ -285,15 +282,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return strategy.history
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.debug)
-    try:
-        code = run_main(run, args)
-    except BaseException:  # a bug: show it, then leave (Flower's threads would keep us alive)
-        traceback.print_exc()
-        code = 1
-    exit_now(code)
+def main(argv: list[str] | None = None) -> NoReturn:
+    main_and_exit(build_parser(), run, argv)
 
 
 if __name__ == "__main__":
