@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,14 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from scripts.launch import free_port as free_port  # re-exported for the tests
+from scripts.launch import wait_for_port
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def subset_tsv(src: Path, dst: Path, n: int, skip: int = 0) -> None:
@@ -84,15 +80,8 @@ def spawn(cmd: list[str], log: Path) -> subprocess.Popen:
 
 
 def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"server exited early with {proc.returncode}"
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"nothing listening on {port} after {timeout}s")
+    """Block until the server listens on ``port`` (the launcher's own wait, same semantics)."""
+    wait_for_port(port, proc, timeout)
 
 
 def wait_for_text(path: Path, text: str, timeout: float, proc: subprocess.Popen | None = None):

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 from conftest import ROOT
 
 import client
 import server
-
-
-def _launch_parser():
-    spec = importlib.util.spec_from_file_location("launch", ROOT / "scripts" / "launch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_parser()
+from scripts import launch
 
 
 @pytest.mark.parametrize("parser", [server.build_parser(), client.build_parser()],
@@ -35,4 +27,4 @@ def test_readme_starts_with_the_two_commands():
 
 
 def test_launcher_help_works():
-    assert "--num_clients" in _launch_parser().format_help()
+    assert "--num_clients" in launch.build_parser().format_help()

@@ -142,6 +142,15 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def start_server(live: list, logs: Path, port: int, cmd: list[str]) -> subprocess.Popen:
+    """Start the server (log in ``logs/server.log``) and return once it listens on ``port``."""
+    logs.mkdir(parents=True, exist_ok=True)
+    srv = spawn(cmd, logs / "server.log")
+    live.append(srv)
+    wait_listening(port, srv)
+    return srv
+
+
 def start_federation(live: list, logs: Path, port: int, server: list[str],
                      clients: dict[str, list[str]]) -> tuple[subprocess.Popen, dict]:
     """Start the server and the clients so that every client is connected before round 1.
@@ -151,10 +160,7 @@ def start_federation(live: list, logs: Path, port: int, server: list[str],
     continued (SIGCONT): all handshakes complete while it still evaluates the initial model, so
     round 1 is configured with every client registered.
     """
-    logs.mkdir(parents=True, exist_ok=True)
-    srv = spawn(server, logs / "server.log")
-    live.append(srv)
-    wait_listening(port, srv)
+    srv = start_server(live, logs, port, server)
     os.killpg(srv.pid, signal.SIGSTOP)
     procs = {}
     try:
@@ -235,14 +241,11 @@ def test_client_killed_mid_fit(tmp_path: Path, live: list, accept: bool) -> None
 def test_server_killed_then_resumed(tmp_path: Path, live: list, kill_at: str) -> None:
     data = make_small_data(tmp_path / "data", per_client=16, clients=2)
     save, logs, port = tmp_path / "run", tmp_path / "logs", free_port()
-    logs.mkdir()
 
     def server(*extra: str, rounds: int = 3) -> list[str]:
         return server_cmd(data, save, port, "--fraction_evaluate", "0", *extra, rounds=rounds)
 
-    srv = spawn(server(), logs / "server.log")
-    live.append(srv)
-    wait_listening(port, srv)
+    srv = start_server(live, logs, port, server())
     clients = [spawn(client_cmd(data, save, port, k, "--max_wait", "120"),
                      logs / f"client_{k}.log") for k in range(2)]
     live.extend(clients)
@@ -397,11 +400,8 @@ def test_bad_updates_are_rejected(tmp_path: Path, live: list) -> None:
 def test_every_update_bad_keeps_the_model(tmp_path: Path, live: list) -> None:
     data = make_small_data(tmp_path / "data", per_client=8, clients=2)
     save, logs, port = tmp_path / "run", tmp_path / "logs", free_port()
-    logs.mkdir()
-    srv = spawn(server_cmd(data, save, port, "--fraction_evaluate", "0", clients=2, rounds=2),
-                logs / "server.log")
-    live.append(srv)
-    wait_listening(port, srv)
+    srv = start_server(live, logs, port, server_cmd(data, save, port, "--fraction_evaluate", "0",
+                                                    clients=2, rounds=2))
     clients = {f"nan{k}": spawn(bad_client_cmd(data, save, port, "nan", f"nan{k}",
                                                f"train_{k}.tsv"), logs / f"client_nan{k}.log")
                for k in range(2)}
@@ -435,12 +435,9 @@ def test_tls(tmp_path: Path, live: list) -> None:
     certs, other = tmp_path / "certs", tmp_path / "other"
     data = make_small_data(tmp_path / "data", per_client=8, clients=2)
     save, logs, port = tmp_path / "run", tmp_path / "logs", free_port()
-    logs.mkdir()
-    srv = spawn(server_cmd(data, save, port, "--fraction_evaluate", "0", "--certificates",
-                           str(certs / "ca.crt"), str(certs / "server.crt"),
-                           str(certs / "server.key"), clients=2, rounds=1), logs / "server.log")
-    live.append(srv)
-    wait_listening(port, srv)
+    srv = start_server(live, logs, port, server_cmd(
+        data, save, port, "--fraction_evaluate", "0", "--certificates", str(certs / "ca.crt"),
+        str(certs / "server.crt"), str(certs / "server.key"), clients=2, rounds=1))
 
     # Refused first, while the server waits for its two clients (so it is certainly up).
     refused = {
@@ -484,13 +481,10 @@ def test_grpc_message_limit_too_small(tmp_path: Path, live: list, side: str) -> 
     """
     data = make_small_data(tmp_path / "data", per_client=8, clients=1)
     save, logs, port = tmp_path / "run", tmp_path / "logs", free_port()
-    logs.mkdir()
     limit = ["--grpc_max_message_length", "1000000"]
-    srv = spawn(server_cmd(data, save, port, "--fraction_evaluate", "0",
-                           *(limit if side == "server" else []), clients=1, rounds=1),
-                logs / "server.log")
-    live.append(srv)
-    wait_listening(port, srv)
+    srv = start_server(live, logs, port, server_cmd(
+        data, save, port, "--fraction_evaluate", "0", *(limit if side == "server" else []),
+        clients=1, rounds=1))
     started = time.monotonic()
     cli = spawn(client_cmd(data, save, port, 0, "--max_wait", "10",
                            *(limit if side == "client" else [])), logs / "client_0.log")
@@ -514,11 +508,8 @@ def test_grpc_message_limit_too_small(tmp_path: Path, live: list, side: str) -> 
 def test_eight_clients(tmp_path: Path, live: list) -> None:
     data = make_small_data(tmp_path / "data", per_client=8, clients=8)
     save, logs, port = tmp_path / "run", tmp_path / "logs", free_port()
-    logs.mkdir()
-    srv = spawn(server_cmd(data, save, port, "--fraction_evaluate", "0", clients=8, rounds=2),
-                logs / "server.log")
-    live.append(srv)
-    wait_listening(port, srv)
+    srv = start_server(live, logs, port, server_cmd(data, save, port, "--fraction_evaluate", "0",
+                                                    clients=8, rounds=2))
     clients = [spawn(client_cmd(data, save, port, k), logs / f"client_{k}.log") for k in range(8)]
     live.extend(clients)
     assert wait_exit(srv, logs / "server.log", 900) == 0, tail(logs / "server.log")
