@@ -19,6 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+import torch
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
 
 class UsageError(ValueError):
     """A problem with the command line or the environment it names; one line."""
@@ -128,6 +132,33 @@ def parse_overrides(items: list[str], seed: int | None = None) -> dict[str, obje
     if seed is not None:
         overrides["seed"] = seed
     return overrides
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of every program that builds the model: config, overrides, seed, device."""
+    p.add_argument("--config_path", type=str, default=str(CONFIG_DIR),
+                   help="folder of config files")
+    p.add_argument("--config_file", type=str, default="small_cpu.yaml",
+                   help="config file name inside --config_path")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a top-level config value (repeatable; VALUE is YAML), e.g. "
+                        "batch_size=4; model sizes must match on server and clients")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed (default: the config's seed)")
+    p.add_argument("--device", type=str, default=None,
+                   help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--num_threads", type=int, default=0,
+                   help="torch CPU threads (0: torch's default); use 1 when several "
+                        "processes share a few cores")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def model_setup(args: argparse.Namespace) -> tuple[Path, dict[str, object]]:
+    """Apply ``--num_threads``; return the config file and ``init_model``'s device and overrides."""
+    if args.num_threads > 0:
+        torch.set_num_threads(args.num_threads)
+    options = {"device": args.device, "overrides": parse_overrides(args.override, args.seed)}
+    return Path(args.config_path) / args.config_file, options
 
 
 def read_bytes(path: str | Path, flag: str) -> bytes:

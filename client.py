@@ -23,17 +23,17 @@ from brain import ASR, init_model
 from cli import (
     ArgumentParser,
     UsageError,
+    add_model_flags,
     check_file,
     check_writable_dir,
     main_and_exit,
+    model_setup,
     parse_address,
-    parse_overrides,
     read_bytes,
 )
 from weights import get_weights, load_model_file, set_weights
 
 logger = logging.getLogger("client")
-HERE = Path(__file__).resolve().parent
 
 
 class TokenizerMismatch(ValueError):
@@ -144,10 +144,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tr_path", type=str, required=True,
                    help="training TSV, or a folder holding train_<cid>.tsv")
     p.add_argument("--dev_path", type=str, default=None, help="validation TSV")
-    p.add_argument("--config_path", type=str, default=str(HERE / "configs"),
-                   help="folder of config files")
-    p.add_argument("--config_file", type=str, default="small_cpu.yaml",
-                   help="config file name inside --config_path")
     p.add_argument("--tokenizer_path", type=str, default=None,
                    help="shared tokenizer: a .model file, or transcripts (TSV/CSV) to train it "
                         "from; default: the training TSV")
@@ -163,22 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_wait", type=float, default=300.0,
                    help="seconds to keep retrying (with back-off) while the server is "
                         "unreachable, at start and after a lost connection")
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a top-level config value (repeatable; VALUE is YAML), e.g. "
-                        "batch_size=4; model sizes must match on server and clients")
-    p.add_argument("--seed", type=int, default=None,
-                   help="random seed (default: the config's seed)")
-    p.add_argument("--device", type=str, default=None,
-                   help="torch device for training (default: cuda if available, else cpu)")
     p.add_argument("--eval_device", type=str, default=None,
                    help="torch device for evaluation (default: --device)")
-    p.add_argument("--num_threads", type=int, default=0,
-                   help="torch CPU threads (0: torch's default); use 1 when several "
-                        "processes share a few cores")
     p.add_argument("--grpc_max_message_length", type=int, default=GRPC_MAX_MESSAGE_LENGTH,
                    help="largest gRPC message in bytes (the model travels in one; default: "
                         "gRPC's ceiling, 2 GiB)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_model_flags(p)
     return p
 
 
@@ -246,17 +232,15 @@ def run(args: argparse.Namespace) -> None:
     check_args(args)
     root_ca = read_bytes(args.root_certificates, "--root_certificates") \
         if args.root_certificates else None
-    if args.num_threads > 0:
-        torch.set_num_threads(args.num_threads)
+    config_file, model_options = model_setup(args)
     brain, datasets = init_model(
-        Path(args.config_path) / args.config_file,
+        config_file,
         output_folder=Path(args.save_path) / f"client_{args.cid}",
         data_folder=args.data_path,
         train_tsv=train_tsv_for(args.tr_path, args.cid),
         valid_tsv=args.dev_path,
         tokenizer_source=args.tokenizer_path,
-        device=args.device,
-        overrides=parse_overrides(args.override, args.seed),
+        **model_options,
     )
     if args.pre_train_model_path is not None:  # fail now, not at round 1
         load_model_file(brain.modules, args.pre_train_model_path, brain.device)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import flwr as fl
-import torch
 from flwr.common import GRPC_MAX_MESSAGE_LENGTH
 
 from aggregate import WEIGHT_STRATEGIES
@@ -21,11 +20,12 @@ from brain import ASR, init_model
 from cli import (
     ArgumentParser,
     UsageError,
+    add_model_flags,
     check_file,
     check_port_free,
     check_writable_dir,
     main_and_exit,
-    parse_overrides,
+    model_setup,
     read_bytes,
 )
 from history import RunStore, library_versions, plot_histories, summary_table
@@ -42,7 +42,6 @@ from weights import (
 )
 
 logger = logging.getLogger("server")
-HERE = Path(__file__).resolve().parent
 
 
 def make_server_train_fn(brain: ASR, train_data, lr: float, local_epochs: int):
@@ -105,10 +104,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description="Federated SpeechBrain ASR server (Flower, gRPC)")
     p.add_argument("--data_path", type=str, required=True,
                    help="Common Voice folder (holds clips/) for the server's own sets")
-    p.add_argument("--config_path", type=str, default=str(HERE / "configs"),
-                   help="folder of config files")
-    p.add_argument("--config_file", type=str, default="small_cpu.yaml",
-                   help="config file name inside --config_path")
     p.add_argument("--tr_path", type=str, default=None,
                    help="training TSV; used to train the tokenizer when --tokenizer_path is absent")
     p.add_argument("--test_path", type=str, required=True,
@@ -148,19 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="enable TLS: CA certificate, server certificate and private key files")
     p.add_argument("--save_path", type=str, default="results",
                    help="output folder: models, history.json, logs")
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a top-level config value (repeatable; VALUE is YAML), e.g. "
-                        "batch_size=4; model sizes must match on server and clients")
-    p.add_argument("--seed", type=int, default=None,
-                   help="random seed (default: the config's seed); recorded in the history")
-    p.add_argument("--device", type=str, default=None,
-                   help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--num_threads", type=int, default=0,
-                   help="torch CPU threads (0: torch's default)")
     p.add_argument("--grpc_max_message_length", type=int, default=GRPC_MAX_MESSAGE_LENGTH,
                    help="largest gRPC message in bytes (the model travels in one; default: "
                         "gRPC's ceiling, 2 GiB)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_model_flags(p)
     return p
 
 
@@ -194,10 +180,8 @@ def check_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     check_args(args)
-    if args.num_threads > 0:
-        torch.set_num_threads(args.num_threads)
     save_path = Path(args.save_path)
-    config_file = Path(args.config_path) / args.config_file
+    config_file, model_options = model_setup(args)
     brain, datasets = init_model(
         config_file,
         output_folder=save_path / "server",
@@ -206,8 +190,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         test_tsv=args.test_path,
         extra_tsvs=parse_extra_tests(args.extra_test),
         tokenizer_source=args.tokenizer_path or args.tr_path,
-        device=args.device,
-        overrides=parse_overrides(args.override, args.seed),
+        **model_options,
     )
     keys = weight_keys(brain.modules)
     store = RunStore(save_path, keys)

@@ -20,13 +20,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
 
 from brain import init_model  # noqa: E402
 from cli import (  # noqa: E402
     ArgumentParser,
     UsageError,
-    parse_overrides,
+    add_model_flags,
+    model_setup,
     run_main,
     setup_logging,
 )
@@ -44,34 +44,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="validation split, for the WER printed after every epoch")
     p.add_argument("--tokenizer_path", default=None,
                    help="tokenizer source (.model or transcripts); default: --train_tsv")
-    p.add_argument("--config_path", default=str(ROOT / "configs"))
-    p.add_argument("--config_file", default="small_cpu.yaml")
     p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a top-level config value (repeatable)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: the config's)")
     p.add_argument("--out", default="results/pretrain", help="output folder")
-    p.add_argument("--device", default=None)
-    p.add_argument("--num_threads", type=int, default=0)
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_model_flags(p)
     return p
 
 
 def run(args: argparse.Namespace) -> Path:
     if args.epochs < 1:
         raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
-    if args.num_threads > 0:
-        torch.set_num_threads(args.num_threads)
     out = Path(args.out)
+    config_file, model_options = model_setup(args)
     brain, datasets = init_model(
-        Path(args.config_path) / args.config_file,
+        config_file,
         output_folder=out / "work",
         data_folder=args.data_path,
         train_tsv=args.train_tsv,
         valid_tsv=args.dev_tsv,
         tokenizer_source=args.tokenizer_path,
-        device=args.device,
-        overrides=parse_overrides(args.override, args.seed),
+        **model_options,
     )
     log = []
     for epoch in range(1, args.epochs + 1):
