@@ -129,6 +129,12 @@ class TrainAfterAggregateStrategy(FedAvg):
             if "cid" in res.properties:
                 self._names[proxy.cid] = str(res.properties["cid"])
 
+    def _weighting_value(self, res: FitRes) -> Any:
+        """What the weighting reads from a result: its sample count, training loss or WER."""
+        if self.weight_strategy == "num":
+            return res.num_examples
+        return res.metrics.get(METRIC_FOR_STRATEGY[self.weight_strategy])
+
     def _screen(self, proxy: ClientProxy, res: FitRes) -> tuple[str, NDArrays | None, str | None]:
         """Decode one result; return (client name, arrays, reason to reject or None)."""
         name = client_name(proxy, res.metrics)
@@ -141,10 +147,7 @@ class TrainAfterAggregateStrategy(FedAvg):
                 )
         if res.num_examples < 0 or (self.weight_strategy == "num" and res.num_examples == 0):
             return name, None, f"num_examples must be positive, got {res.num_examples}"
-        if self.weight_strategy == "num":
-            value: Any = res.num_examples
-        else:
-            value = res.metrics.get(METRIC_FOR_STRATEGY[self.weight_strategy])
+        value = self._weighting_value(res)
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
@@ -207,12 +210,7 @@ class TrainAfterAggregateStrategy(FedAvg):
             row["accepted"] = False
             return None, {}
 
-        values = [
-            res.num_examples
-            if self.weight_strategy == "num"
-            else float(res.metrics[METRIC_FOR_STRATEGY[self.weight_strategy]])
-            for _, _, res in kept
-        ]
+        values = [float(self._weighting_value(res)) for _, _, res in kept]
         coefficients = aggregation_coefficients(values, self.weight_strategy)
         row["coefficients"] = {
             name: float(c) for (name, _, _), c in zip(kept, coefficients, strict=True)
