@@ -13,13 +13,13 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
 import sys
-import tempfile
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
+
+from atomic_file import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -81,15 +81,9 @@ def _fingerprint(tsv_bytes: bytes, options: dict) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Replace ``path`` with ``text`` whole (CSV rows keep their own line endings)."""
+    with atomic_write(path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
 
 
 def _already_prepared(csv_path: Path, meta_path: Path, fingerprint: str) -> int | None:

@@ -5,28 +5,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from atomic_file import atomic_write
 
 Row = dict[str, Any]
 
 
 def write_json_atomic(data: Any, path: str | Path) -> None:
     """Write JSON to a temp file beside ``path``, fsync, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
 
 
 def load_history(path: str | Path) -> list[Row]:
@@ -63,16 +54,20 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _extra_test_keys(history: Sequence[Row]) -> list[str]:
+    """``test_<name>_wer`` of the extra test sets (``--extra_test``), sorted."""
+    return sorted({k for row in history for k in row
+                   if k.startswith("test_") and k.endswith("_wer") and k != "test_wer"})
+
+
 def summary_table(history: Sequence[Row]) -> str:
     """A plain-text table of the rounds (printed by the server at the end of a run)."""
     cols = [("round", "round", "{:.0f}"), ("test_wer", "test WER", "{:.2f}"),
             ("test_cer", "test CER", "{:.2f}"), ("test_loss", "test loss", "{:.4f}"),
             ("train_loss", "train loss", "{:.4f}"), ("valid_wer", "client valid WER", "{:.2f}"),
             ("seconds", "seconds", "{:.1f}")]
-    extra = sorted({k for row in history for k in row
-                    if k.startswith("test_") and k.endswith("_wer") and k != "test_wer"})
     cols += [(k, k.replace("_", " ").replace("test ", "test WER ").removesuffix(" wer"), "{:.2f}")
-             for k in extra]
+             for k in _extra_test_keys(history)]
     lines = [" | ".join(title for _, title, _ in cols)]
     for row in history:
         cells = []
@@ -108,9 +103,7 @@ def plot_histories(
     for i, (name, history) in enumerate(runs.items()):
         colour = colours[i % len(colours)]
         ax_wer.plot(*_series(history, "test_wer"), "o-", color=colour, label=name)
-        extras = sorted({k for row in history for k in row
-                         if k.startswith("test_") and k.endswith("_wer") and k != "test_wer"})
-        for key in extras:
+        for key in _extra_test_keys(history):
             label = f"{name}: {key.removeprefix('test_').removesuffix('_wer')}"
             ax_wer.plot(*_series(history, key), "x--", color=colour, alpha=0.7, label=label)
         ax_loss.plot(*_series(history, "test_loss"), "o-", color=colour, label=name)
@@ -134,15 +127,11 @@ def plot_histories(
         fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
         fig.tight_layout(rect=(0, 0.25 * rows / (4.2 + 0.25 * rows) + 0.02, 1, 1))
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".png", dir=out_path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, out_path)
+        with atomic_write(out_path) as f:
+            fig.savefig(f, dpi=100, format="png")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return out_path
 
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import sentencepiece as spm
 
+from atomic_file import atomic_write
 from common_voice_prepare import DataPrepError, normalize_sentence, read_tsv
 
 
@@ -134,9 +133,6 @@ def load_tokenizer(
         num_threads=1,
         minloglevel=2,
     )
-    save_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tokenizer.", suffix=".tmp", dir=save_dir)
-    with os.fdopen(fd, "wb") as f:
+    with atomic_write(target) as f:
         f.write(buffer.getvalue())
-    os.replace(tmp, target)
     return Tokenizer(target)

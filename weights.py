@@ -11,17 +11,16 @@ Only torch and numpy are used here: modules with such statistics are recognised 
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
 import re
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from atomic_file import atomic_write
 
 # Attributes holding running statistics outside state_dict, in the order they are exported.
 _STAT_ATTRS = ("glob_mean", "glob_std", "count")
@@ -154,21 +153,11 @@ def save_checkpoint(state: Mapping[str, torch.Tensor], path: str | Path) -> None
 
     A crash (or a full disk) at any moment leaves the previous file at ``path`` intact.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path) as f:
             torch.save(OrderedDict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise OSError(err.errno, f"cannot write {path} ({err.strerror or err})") from err
-        raise
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write {path} ({err.strerror or err})") from err
 
 
 def load_checkpoint(path: str | Path) -> OrderedDict[str, torch.Tensor]:

@@ -33,6 +33,7 @@ import pytest
 import soundfile as sf
 import torch
 
+import atomic_file
 import audio_data
 import cli
 import config_file
@@ -523,7 +524,7 @@ def test_disk_full_keeps_the_previous_checkpoint(
     if fails == "torch.save":
         monkeypatch.setattr(weights.torch, "save", _no_space)
     else:
-        monkeypatch.setattr(weights.os, "fsync", _no_space)
+        monkeypatch.setattr(atomic_file.os, "fsync", _no_space)
     with pytest.raises(OSError) as info:
         weights.save_checkpoint(_state(2.0), path)
     monkeypatch.undo()
@@ -532,6 +533,23 @@ def test_disk_full_keeps_the_previous_checkpoint(
     assert path.read_bytes() == before
     assert torch.equal(weights.load_checkpoint(path)["w"], _state(1.0)["w"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["global_model.ckpt"]
+
+
+@pytest.mark.parametrize("mode", ["wb", "w"])
+def test_failed_atomic_write_keeps_the_old_file(tmp_path: Path, mode: str) -> None:
+    """Whatever fails inside the write (here the content itself), the old file stays whole."""
+    path = tmp_path / "prepared.csv"
+    path.write_text("old\n")
+    with pytest.raises(RuntimeError, match="half-way"):
+        with atomic_file.atomic_write(path, mode) as f:
+            f.write(b"new" if mode == "wb" else "new")
+            raise RuntimeError("half-way")
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["prepared.csv"]
+    with atomic_file.atomic_write(path, mode) as f:
+        f.write(b"new\n" if mode == "wb" else "new\n")
+    assert path.read_text() == "new\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["prepared.csv"]
 
 
 @pytest.mark.parametrize("failing_fsync", [1, 2], ids=["checkpoint", "history"])
@@ -572,7 +590,7 @@ def test_disk_full_is_one_line_and_exit_2(
     path = tmp_path / "final_model.ckpt"
 
     def run(args):
-        monkeypatch.setattr(weights.os, "fsync", _no_space)
+        monkeypatch.setattr(atomic_file.os, "fsync", _no_space)
         weights.save_checkpoint(_state(1.0), path)
 
     assert cli.run_main(run, argparse.Namespace(debug=False)) == 2
