@@ -128,6 +128,11 @@ def read_tsv(
     if not tsv.is_file():
         raise DataPrepError(f"{tsv}: no such TSV file")
     header, records = _read_tsv(tsv, tsv.read_bytes(), required)
+    return _as_dicts(header, records)
+
+
+def _as_dicts(header: list[str], records: list[list[str]]) -> list[dict[str, str]]:
+    """Rows keyed by column name; short rows are padded with empty cells."""
     return [dict(zip(header, r + [""] * (len(header) - len(r)), strict=False)) for r in records]
 
 
@@ -196,13 +201,11 @@ def prepare_tsv(
         return rows_done
 
     header, records = _read_tsv(tsv, raw)
-    col = {name: i for i, name in enumerate(header)}
     missing, no_path, unreadable, no_words, too_long, too_short = [], [], [], [], [], []
     out: list[list[str]] = []
     ids: set[str] = set()
-    for lineno, record in enumerate(records, start=2):
-        record = record + [""] * (len(header) - len(record))
-        name = record[col["path"]].strip()
+    for lineno, row in enumerate(_as_dicts(header, records), start=2):
+        name = row["path"].strip()
         if not name:
             no_path.append(f"row {lineno}")
             continue
@@ -210,7 +213,7 @@ def prepare_tsv(
         if audio is None:
             missing.append(name)
             continue
-        words = normalize_sentence(record[col["sentence"]], language, accented_letters)
+        words = normalize_sentence(row["sentence"], language, accented_letters)
         if not words:
             no_words.append(Path(name).stem)
             continue
@@ -229,7 +232,7 @@ def prepare_tsv(
             n += 1
             clip_id = f"{audio.stem}_{n}"
         ids.add(clip_id)
-        speaker = record[col["client_id"]].strip() if "client_id" in col else ""
+        speaker = row.get("client_id", "").strip()
         out.append([clip_id, f"{seconds:.3f}", str(audio.resolve()), speaker or "unknown", words])
 
     _warn(tsv, no_path, "rows without a path")
@@ -261,7 +264,6 @@ def prepare_tsv(
     writer.writerow(CSV_HEADER)
     writer.writerows(out)
     csv_text = buffer.getvalue()
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)  # never pair an old sidecar with a new CSV
     _atomic_write(csv_path, csv_text)
     meta = {
