@@ -49,23 +49,58 @@ def aggregation_coefficients(values: Sequence[float], weight_strategy: str) -> n
     return softmax(-np.minimum(v, 100.0))
 
 
+class WeightedSum:
+    """Running sum of c_k * w_k in float64, one update at a time.
+
+    The server holds one accumulator however many clients report: each update is decoded, added
+    and dropped. :meth:`result` divides by the coefficients actually added, so an update refused
+    half-way renormalises the others.
+    """
+
+    def __init__(self) -> None:
+        self._acc: list[np.ndarray] | None = None
+        self._dtypes: list[np.dtype] = []
+        self.total = 0.0
+
+    def add(self, update: NDArrays, coefficient: float) -> None:
+        c = float(coefficient)
+        if self._acc is None:
+            self._dtypes = [layer.dtype for layer in update]
+            self._acc = [np.zeros(layer.shape, dtype=np.float64) for layer in update]
+        for acc, layer in zip(self._acc, update, strict=True):
+            acc += c * layer.astype(np.float64, copy=False)
+        self.total += c
+
+    def result(self) -> NDArrays:
+        """The weighted average, each layer cast back to its dtype (integer layers rounded).
+
+        The accumulator is released layer by layer, so the peak stays near one accumulator.
+        """
+        if self._acc is None or self.total <= 0:
+            raise ValueError("nothing was added to the weighted sum")
+        out: NDArrays = []
+        acc, self._acc = self._acc, None
+        for dtype in self._dtypes:
+            layer = acc.pop(0)
+            layer /= self.total
+            if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+                np.rint(layer, out=layer)
+            out.append(layer.astype(dtype))
+            del layer
+        return out
+
+
 def weighted_average(updates: Sequence[NDArrays], coefficients: Sequence[float]) -> NDArrays:
-    """Per-layer sum of c_k * w_k, accumulated in float64 and cast back to each layer's dtype.
+    """Per-layer sum of c_k * w_k / sum(c), accumulated in float64, cast back to each dtype.
 
     Integer layers (e.g. BatchNorm's ``num_batches_tracked``) are rounded to the nearest integer.
     """
     if len(updates) != len(coefficients) or not updates:
         raise ValueError("need one coefficient per update and at least one update")
-    out: NDArrays = []
-    for layers in zip(*updates, strict=True):
-        dtype = layers[0].dtype
-        acc = np.zeros(layers[0].shape, dtype=np.float64)
-        for c, layer in zip(coefficients, layers, strict=True):
-            acc += float(c) * layer.astype(np.float64)
-        if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
-            acc = np.rint(acc)
-        out.append(acc.astype(dtype))
-    return out
+    total = WeightedSum()
+    for update, c in zip(updates, coefficients, strict=True):
+        total.add(update, c)
+    return total.result()
 
 
 def update_problem(update: NDArrays, reference: NDArrays | None) -> str | None:

@@ -9,19 +9,21 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
+# isort: off
+import quiet  # noqa: F401  (before SpeechBrain: silences its torchvision warning)
 import speechbrain as sb
+# isort: on
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 from speechbrain.utils.metric_stats import ErrorRateStats
 
+from atomic_file import atomic_write
 from audio_data import make_datasets
 from common_voice_prepare import prepare_tsv
-from config_file import ConfigError, check_config_keys, load_hparams
+from config_file import ConfigError, check_config_keys, load_hparams, save_resolved_config
 from tokenizer import Tokenizer, load_tokenizer
 from weights import init_norm_stats
 
@@ -43,15 +45,16 @@ class ASR(sb.Brain):
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
         wavs, wav_lens = batch.sig
-        if stage == sb.Stage.TRAIN:
-            for augment in getattr(self.hparams, "wav_augment", None) or []:
-                wavs = augment(wavs)
+        train = stage == sb.Stage.TRAIN
+        # Augmenters (SpeechBrain's, declared in the yaml) keep the batch size: concat_original
+        # stays False, so the labels need no replicating.
+        if train and getattr(self.hparams, "wav_augment", None) is not None:
+            wavs, wav_lens = self.hparams.wav_augment(wavs, wav_lens)
         feats = self.hparams.compute_features(wavs)
-        epoch = self.hparams.epoch_counter.current if stage == sb.Stage.TRAIN else None
+        epoch = self.hparams.epoch_counter.current if train else None
         feats = self.modules.normalize(feats, wav_lens, epoch=epoch)
-        if stage == sb.Stage.TRAIN:
-            for augment in getattr(self.hparams, "feature_augment", None) or []:
-                feats = augment(feats)
+        if train and getattr(self.hparams, "feature_augment", None) is not None:
+            feats, wav_lens = self.hparams.feature_augment(feats, wav_lens)
         enc = self.modules.enc(feats)
         out = {"p_ctc": self.hparams.log_softmax(self.modules.ctc_lin(enc)), "wav_lens": wav_lens}
         if self.is_seq2seq:
@@ -115,7 +118,7 @@ class ASR(sb.Brain):
                 train_logger.log_stats(stats_meta={"evaluation": "test"}, test_stats=stats)
             wer_file = getattr(self.hparams, "test_wer_file", None)
             if wer_file:
-                with open(wer_file, "w", encoding="utf-8") as f:
+                with atomic_write(wer_file, "w", encoding="utf-8") as f:
                     self.wer_metric.write_stats(f)
 
     def init_optimizers(self):
@@ -226,13 +229,12 @@ def init_model(
     from ``train_tsv``; every process of a federation must end up with the same file.
     """
     output_folder = Path(output_folder)
-    hparams = load_hparams(config_file, {"output_folder": str(output_folder), **(overrides or {})})
+    overrides = {"output_folder": str(output_folder), **(overrides or {})}
+    hparams = load_hparams(config_file, overrides)
     check_config_keys(config_file, hparams)
-    # SpeechBrain's shuffling sampler takes its seed from the environment.
-    os.environ.setdefault("SB_GLOBAL_SEED", str(hparams.get("seed", 0)))
     save_folder = output_folder / "save"
     save_folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(config_file, output_folder / "hyperparams.yaml")
+    save_resolved_config(config_file, overrides, output_folder / "hyperparams.yaml")
 
     prep = {
         "language": hparams.get("language", "en"),

@@ -1,8 +1,9 @@
-"""What every command line here shares: one-line errors with exit status 2, and logging setup.
+"""What every command line here shares: one-line errors with exit status 2, shared flags, checks.
 
-A user's mistake (a missing file, a bad flag, a busy port) ends in ``error: <one line naming the
-file or flag>`` on stderr and exit status 2; ``--debug`` prints the traceback before that line.
-Anything else is a bug and keeps its traceback.
+A user's mistake (a :class:`errors.UserError`: a missing file, a bad flag, a busy port, a bad
+config, or an ``OSError`` naming its file) ends in ``error: <one line naming the file or flag>`` on
+stderr and exit status 2; ``--debug`` prints the traceback before that line. Anything else is a
+bug and keeps its traceback (exit status 1).
 """
 
 from __future__ import annotations
@@ -19,17 +20,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-import torch
+from errors import UsageError, UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+GRPC_MAX_MESSAGE_LENGTH = 2_147_483_647  # gRPC's ceiling, Flower's default
 
 
-class UsageError(ValueError):
-    """A problem with the command line or the environment it names; one line."""
-
-
-# Errors that are the user's to fix. OSError covers unreadable/unwritable files and full disks.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
+def is_user_error(err: BaseException) -> bool:
+    """Ours to report in one line: the project's own errors, and OS errors that name a file."""
+    return isinstance(err, UserError) or (
+        isinstance(err, OSError) and err.filename is not None
+    )
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -51,19 +52,55 @@ def one_line(err: BaseException) -> str:
 def run_main(run: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> int:
     """Call ``run(args)``; user errors become one line on stderr and exit status 2.
 
-    With ``--debug`` the traceback comes first; the exit status stays 2.
+    With ``--debug`` the traceback comes first; the exit status stays 2. Other exceptions
+    propagate with their traceback.
     """
     try:
         run(args)
-    except USER_ERRORS as err:
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if not is_user_error(err):
+            raise
         if getattr(args, "debug", False):
             traceback.print_exc()
         print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
     return 0
+
+
+def main(
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], object],
+    argv: list[str] | None = None,
+) -> int:
+    """Entry point of a script: parse, set up logging, run; return the exit status."""
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "debug", False))
+    return run_main(run, args)
+
+
+def main_and_exit(
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], object],
+    argv: list[str] | None = None,
+) -> NoReturn:
+    """Entry point of a federation process: :func:`main`, then leave at once.
+
+    A bug prints its traceback and exits 1. Leaving with ``os._exit`` matters because Flower's
+    gRPC threads would otherwise keep a finished or failed process alive.
+    """
+    try:
+        code = main(parser, run, argv)
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else 2
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def setup_logging(debug: bool = False) -> None:
@@ -76,6 +113,7 @@ def setup_logging(debug: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.INFO)
 
 
+# ---- checks ---------------------------------------------------------------------------------
 def check_writable_dir(path: str | Path, flag: str) -> Path:
     """Create ``path`` if needed and prove a file can be written there."""
     path = Path(path)
@@ -91,6 +129,16 @@ def check_writable_dir(path: str | Path, flag: str) -> Path:
 def check_file(path: str | Path | None, flag: str) -> None:
     if path is not None and not Path(path).is_file():
         raise UsageError(f"{flag} {path}: no such file")
+
+
+def check_at_least(value: float, minimum: float, flag: str) -> None:
+    if value < minimum:
+        raise UsageError(f"{flag} must be at least {minimum}, got {value}")
+
+
+def check_fraction(value: float, flag: str) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise UsageError(f"{flag} must be within [0, 1], got {value}")
 
 
 def parse_address(address: str, flag: str = "--server_address") -> tuple[str, int]:
@@ -116,6 +164,13 @@ def check_port_free(address: str, flag: str = "--server_address") -> None:
             raise UsageError(f"{flag} {address}: cannot listen there ({err.strerror})") from None
 
 
+def read_bytes(path: str | Path, flag: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise UsageError(f"{flag} {path}: {err.strerror or 'cannot read'}") from None
+
+
 def parse_overrides(items: list[str], seed: int | None = None) -> dict[str, object]:
     """``--override KEY=VALUE`` (repeatable; VALUE is YAML) and ``--seed`` as config overrides."""
     from ruamel.yaml import YAML
@@ -134,6 +189,15 @@ def parse_overrides(items: list[str], seed: int | None = None) -> dict[str, obje
     return overrides
 
 
+def set_threads(num_threads: int) -> None:
+    """``--num_threads``: torch's CPU threads for this process (0 keeps torch's default)."""
+    if num_threads > 0:
+        import torch
+
+        torch.set_num_threads(num_threads)
+
+
+# ---- flags shared by several programs -------------------------------------------------------
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     """The flags of every program that builds the model: config, overrides, seed, device."""
     p.add_argument("--config_path", type=str, default=str(CONFIG_DIR),
@@ -153,43 +217,31 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-def model_setup(args: argparse.Namespace) -> tuple[Path, dict[str, object]]:
-    """Apply ``--num_threads``; return the config file and ``init_model``'s device and overrides."""
-    if args.num_threads > 0:
-        torch.set_num_threads(args.num_threads)
-    options = {"device": args.device, "overrides": parse_overrides(args.override, args.seed)}
-    return Path(args.config_path) / args.config_file, options
+def add_data_flags(p: argparse.ArgumentParser, *, tokenizer_default: str) -> None:
+    """``--data_path``, ``--tokenizer_path`` and ``--save_path``, the same in every program."""
+    p.add_argument("--data_path", type=str, required=True,
+                   help="Common Voice folder (holds clips/)")
+    p.add_argument("--tokenizer_path", type=str, default=None,
+                   help="shared tokenizer: a .model file, or transcripts (TSV/CSV) to train it "
+                        f"from; default: {tokenizer_default}")
+    p.add_argument("--save_path", type=str, default="results", help="output folder")
 
 
-def read_bytes(path: str | Path, flag: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as err:
-        raise UsageError(f"{flag} {path}: {err.strerror or 'cannot read'}") from None
+def add_grpc_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--grpc_max_message_length", type=int, default=GRPC_MAX_MESSAGE_LENGTH,
+                   help="largest gRPC message in bytes (the model travels in one; default: "
+                        "gRPC's ceiling, 2 GiB)")
 
 
-def exit_now(code: int) -> NoReturn:
-    """Leave at once: Flower's gRPC threads would keep a failed process alive."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+def check_data_flags(data_path: str, tokenizer_path: str | None, save_path: str) -> None:
+    """The checks of :func:`add_data_flags`'s flags, before anything slow happens."""
+    if not Path(data_path).is_dir():
+        raise UsageError(f"--data_path {data_path}: no such folder")
+    if tokenizer_path is not None and not Path(tokenizer_path).exists():
+        raise UsageError(f"--tokenizer_path {tokenizer_path}: no such file or folder")
+    check_writable_dir(save_path, "--save_path")
 
 
-def main_and_exit(
-    parser: argparse.ArgumentParser,
-    run: Callable[[argparse.Namespace], object],
-    argv: list[str] | None = None,
-) -> NoReturn:
-    """Entry point of a federation process: parse, log, run, then leave with the right status.
-
-    An unexpected exception (a bug) prints its traceback and exits 1; leaving with ``os._exit``
-    matters because Flower's threads would otherwise keep the process alive.
-    """
-    args = parser.parse_args(argv)
-    setup_logging(getattr(args, "debug", False))
-    try:
-        code = run_main(run, args)
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    exit_now(code)
+def check_grpc_max_message_length(value: int) -> None:
+    if value < 1024:
+        raise UsageError(f"--grpc_max_message_length too small: {value}")

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from atomic_file import atomic_write
+from errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +39,8 @@ _LIGATURES = str.maketrans(
 _LONE_APOSTROPHE = re.compile(r"(?<!\w)'|'(?!\w)")
 
 
-class DataPrepError(ValueError):
+class DataPrepError(UserError):
     """Bad input data; ``str(err)`` is a one-line message naming the offending file."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(str(message).replace("\r", " ").replace("\n", " "))
 
 
 def _strip_accents(text: str) -> str:

@@ -8,10 +8,13 @@ from typing import Any
 
 from hyperpyyaml import load_hyperpyyaml
 
+import quiet  # noqa: F401  (SpeechBrain classes load with the config)
+from atomic_file import atomic_write
+from errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A bad config file, override or combination of paths; the message is one line."""
-
 
 
 # What the Brain, init_model and the server read from a config (a missing one would otherwise be
@@ -65,3 +68,18 @@ def load_hparams(config_file: str | Path, overrides: dict[str, Any] | None = Non
         else:
             why = f"invalid config ({first})"
         raise ConfigError(f"{path}: {why}") from err
+
+
+def save_resolved_config(
+    config_file: str | Path, overrides: dict[str, Any], target: str | Path
+) -> None:
+    """Keep the config as this run used it: references resolved, overrides applied.
+
+    What ``sb.create_experiment_directory`` saves, without its logging and script copying.
+    """
+    from hyperpyyaml import resolve_references
+
+    with open(config_file, encoding="utf-8") as f:
+        resolved = resolve_references(f, overrides).getvalue()
+    with atomic_write(target, "w", encoding="utf-8") as out:
+        out.write(resolved)

@@ -1,17 +1,29 @@
-"""A run's per-round record: ``history.json`` (atomic writes), its summary table and its plot."""
+"""A run's per-round record: ``history.json`` (atomic writes), round checkpoints, the summary table.
+
+The plot lives in :mod:`plots`.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from atomic_file import atomic_write
+from atomic_file import atomic_write, file_sha256, fsync_dir
+from errors import UserError
+from round_core import RoundSink
 
 Row = dict[str, Any]
+logger = logging.getLogger("history")
+
+
+class HistoryError(UserError):
+    """A ``history.json`` that cannot be read, or a run that cannot be resumed from it."""
 
 
 def write_json_atomic(data: Any, path: str | Path) -> None:
@@ -26,11 +38,11 @@ def load_history(path: str | Path) -> list[Row]:
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"{path}: no such history file") from None
+        raise HistoryError(f"{path}: no such history file") from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+        raise HistoryError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "round" in r for r in rows):
-        raise ValueError(f"{path}: expected a JSON list of round objects")
+        raise HistoryError(f"{path}: expected a JSON list of round objects")
     return rows
 
 
@@ -48,13 +60,13 @@ def library_versions() -> dict[str, str]:
     return found
 
 
-def _number(value: Any) -> float | None:
+def number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if math.isfinite(value) else None
 
 
-def _extra_test_keys(history: Sequence[Row]) -> list[str]:
+def extra_test_keys(history: Sequence[Row]) -> list[str]:
     """``test_<name>_wer`` of the extra test sets (``--extra_test``), sorted."""
     return sorted({k for row in history for k in row
                    if k.startswith("test_") and k.endswith("_wer") and k != "test_wer"})
@@ -67,87 +79,35 @@ def summary_table(history: Sequence[Row]) -> str:
             ("train_loss", "train loss", "{:.4f}"), ("valid_wer", "client valid WER", "{:.2f}"),
             ("seconds", "seconds", "{:.1f}")]
     cols += [(k, k.replace("_", " ").replace("test ", "test WER ").removesuffix(" wer"), "{:.2f}")
-             for k in _extra_test_keys(history)]
+             for k in extra_test_keys(history)]
     lines = [" | ".join(title for _, title, _ in cols)]
     for row in history:
         cells = []
         for key, _, fmt in cols:
-            value = _number(row.get(key))
+            value = number(row.get(key))
             cells.append("-" if value is None else fmt.format(value))
-        lines.append(" | ".join(cells))
+        best = [r["round"] for r in history if r.get("best")]
+        mark = "  <- best (federated validation WER)" if best and row["round"] == best[-1] else ""
+        lines.append(" | ".join(cells) + mark)
     return "\n".join(lines)
 
 
-def _series(history: Sequence[Row], key: str) -> tuple[list[int], list[float]]:
-    xs, ys = [], []
-    for row in history:
-        value = _number(row.get(key))
-        if value is not None:
-            xs.append(int(row["round"]))
-            ys.append(value)
-    return xs, ys
-
-
-def plot_histories(
-    runs: Mapping[str, Sequence[Row]], out_path: str | Path, title: str | None = None
-) -> Path:
-    """Draw server test WER (solid; extra test sets dashed), test loss and client train loss per
-    round for one or several runs into a PNG; returns its path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_wer, ax_loss, ax_train) = plt.subplots(1, 3, figsize=(15, 4.2))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (name, history) in enumerate(runs.items()):
-        colour = colours[i % len(colours)]
-        ax_wer.plot(*_series(history, "test_wer"), "o-", color=colour, label=name)
-        for key in _extra_test_keys(history):
-            label = f"{name}: {key.removeprefix('test_').removesuffix('_wer')}"
-            ax_wer.plot(*_series(history, key), "x--", color=colour, alpha=0.7, label=label)
-        ax_loss.plot(*_series(history, "test_loss"), "o-", color=colour, label=name)
-        ax_train.plot(*_series(history, "train_loss"), "o-", color=colour, label=name)
-    for ax, label in ((ax_wer, "server test WER (%)"), (ax_loss, "server test loss"),
-                      (ax_train, "client train loss (weighted mean)")):
-        ax.set_xlabel("round")
-        ax.set_ylabel(label)
-        ax.grid(True, alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    if title:
-        fig.suptitle(title)
-    if len(runs) == 1:
-        ax_wer.legend(fontsize=8)
-        fig.tight_layout()
-    else:  # many lines: the legend goes under the panels, not over the curves
-        handles, labels = ax_wer.get_legend_handles_labels()
-        ncol = 4
-        rows = -(-len(labels) // ncol)
-        fig.set_size_inches(15, 4.2 + 0.25 * rows)
-        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
-        fig.tight_layout(rect=(0, 0.25 * rows / (4.2 + 0.25 * rows) + 0.02, 1, 1))
-    out_path = Path(out_path)
-    try:
-        with atomic_write(out_path) as f:
-            fig.savefig(f, dpi=100, format="png")
-    finally:
-        plt.close(fig)
-    return out_path
-
-
-class RunStore:
-    """A run folder: ``history.json`` plus the global model of the last completed round.
+class RunStore(RoundSink):
+    """A run folder: ``history.json``, the global model of the last completed round, the best one.
 
     Order of writes after a round, each one atomic: ``checkpoints/round_NNNN.ckpt``, then
     ``history.json`` (whose row names that file and its SHA-256), then ``global_model.ckpt`` (a
     hard link to it), then older round files are removed. A kill at any moment leaves a history
-    whose last row points at an intact checkpoint, which is what ``--resume`` loads.
+    whose last row points at an intact checkpoint, which is what ``--resume`` loads. After every
+    history write the plot ``history.png`` is redrawn (a failed plot only logs a warning).
+    ``best_model.ckpt`` is the model of the round with the lowest federated validation WER.
     """
 
-    def __init__(self, save_path: str | Path, keys: Sequence[str]):
+    def __init__(self, save_path: str | Path, keys: Sequence[str], plot: bool = True):
         self.path = Path(save_path)
         self.keys = list(keys)
         self.checkpoints = self.path / "checkpoints"
+        self.plot = plot
 
     @property
     def history_file(self) -> Path:
@@ -155,7 +115,6 @@ class RunStore:
 
     def save_round(self, rnd: int, weights: Sequence[Any] | None, history: list[Row]) -> None:
         """Record round ``rnd``: its model (when given) and the whole history."""
-        from tokenizer import file_sha256
         from weights import save_checkpoint, weights_to_state_dict
 
         ckpt = None
@@ -171,34 +130,51 @@ class RunStore:
             for old in self.checkpoints.glob("round_*.ckpt"):
                 if old != ckpt:
                     old.unlink(missing_ok=True)
+        if self.plot:
+            self._draw(history)
+
+    def save_best(self, rnd: int, weights: Sequence[Any]) -> None:
+        from weights import save_checkpoint, weights_to_state_dict
+
+        save_checkpoint(weights_to_state_dict(weights, self.keys), self.path / "best_model.ckpt")
+        logger.info("round %d: best federated validation WER so far, saved %s", rnd,
+                    self.path / "best_model.ckpt")
+
+    def _draw(self, history: list[Row]) -> None:
+        from plots import plot_histories
+
+        try:
+            plot_histories({self.path.name: history}, self.path / "history.png")
+        except Exception as err:  # a plot must never stop a federation
+            logger.warning("could not draw %s: %s", self.path / "history.png", err)
 
     def load_latest(self) -> tuple[list[Row], dict[str, Any]]:
         """History and model state of the last completed round, checked against each other."""
-        from tokenizer import file_sha256
         from weights import load_checkpoint
 
         if not self.history_file.is_file():
-            raise ValueError(f"--resume: no {self.history_file} to resume from")
+            raise HistoryError(f"--resume: no {self.history_file} to resume from")
         history = load_history(self.history_file)
         if not history:
-            raise ValueError(f"--resume: {self.history_file} has no completed round")
+            raise HistoryError(f"--resume: {self.history_file} has no completed round")
         last = history[-1]
         ckpt = self.path / str(last.get("model_checkpoint", ""))
         if not last.get("model_checkpoint") or not ckpt.is_file():
-            raise ValueError(f"--resume: checkpoint of round {last['round']} missing ({ckpt})")
+            raise HistoryError(f"--resume: checkpoint of round {last['round']} missing ({ckpt})")
         if file_sha256(ckpt) != last.get("model_sha256"):
-            raise ValueError(f"--resume: {ckpt} does not match the history's SHA-256")
+            raise HistoryError(f"--resume: {ckpt} does not match the history's SHA-256")
         return history, load_checkpoint(ckpt)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
-    """Atomically make ``target`` the same file as ``source`` (hard link, else a copy)."""
-    import shutil
-
+    """Atomically make ``target`` the same file as ``source`` (hard link, else a fsynced copy)."""
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.unlink(missing_ok=True)
     try:
         os.link(source, tmp)
     except OSError:
-        shutil.copyfile(source, tmp)
+        with atomic_write(target) as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out)
+        return
     os.replace(tmp, target)
+    fsync_dir(target.parent)

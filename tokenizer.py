@@ -16,17 +16,13 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from atomic_file import atomic_write
+from atomic_file import atomic_write, file_sha256
 from common_voice_prepare import DataPrepError, normalize_sentence, read_tsv
+from errors import UserError
 
 
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+class TokenizerMismatch(UserError):
+    """A process's tokenizer file differs from the one the federation shares."""
 
 
 class Tokenizer:

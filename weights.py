@@ -21,6 +21,12 @@ import numpy as np
 import torch
 
 from atomic_file import atomic_write
+from errors import UserError
+
+
+class WeightsError(UserError):
+    """A checkpoint or weight list that does not fit the model (or is no checkpoint at all)."""
+
 
 # Attributes holding running statistics outside state_dict, in the order they are exported.
 _STAT_ATTRS = ("glob_mean", "glob_std", "count")
@@ -74,28 +80,28 @@ def _check(key: str, expected: torch.Tensor, shape: tuple, dtype: object) -> Non
     exp_dtype = _dtype_name(expected.dtype)
     got_dtype = _dtype_name(dtype)
     if tuple(expected.shape) != tuple(shape):
-        raise ValueError(
+        raise WeightsError(
             f"weight '{key}': expected shape {tuple(expected.shape)}, got {tuple(shape)}"
         )
     if exp_dtype != got_dtype:
-        raise ValueError(f"weight '{key}': expected dtype {exp_dtype}, got {got_dtype}")
+        raise WeightsError(f"weight '{key}': expected dtype {exp_dtype}, got {got_dtype}")
 
 
 def load_model_state_dict(
     modules: torch.nn.Module, state: Mapping[str, torch.Tensor], device: str | None = None
 ) -> None:
-    """Load a :func:`model_state_dict` exactly: same keys, shapes and dtypes, or ``ValueError``."""
+    """Load a :func:`model_state_dict` exactly (same keys, shapes, dtypes), else WeightsError."""
     reference = model_state_dict(modules)
     missing = [k for k in reference if k not in state]
     if missing:
-        raise ValueError(f"weight '{missing[0]}' is missing ({len(missing)} keys missing)")
+        raise WeightsError(f"weight '{missing[0]}' is missing ({len(missing)} keys missing)")
     unexpected = [k for k in state if k not in reference]
     if unexpected:
-        raise ValueError(f"unexpected weight '{unexpected[0]}' ({len(unexpected)} unexpected)")
+        raise WeightsError(f"unexpected weight '{unexpected[0]}' ({len(unexpected)} unexpected)")
     for key, ref in reference.items():
         value = state[key]
         if not isinstance(value, torch.Tensor):
-            raise ValueError(f"weight '{key}': expected a tensor, got {type(value).__name__}")
+            raise WeightsError(f"weight '{key}': expected a tensor, got {type(value).__name__}")
         _check(key, ref, tuple(value.shape), value.dtype)
     _assign(modules, state, device)
 
@@ -118,14 +124,14 @@ def _assign(
 def set_weights(
     weights: Sequence[np.ndarray], modules: torch.nn.Module, device: str | None = None
 ) -> None:
-    """Load arrays from :func:`get_weights` into ``modules``; wrong count/shape/dtype: ValueError.
+    """Load arrays from :func:`get_weights` into ``modules``; wrong count/shape/dtype: WeightsError.
 
     The check runs over every array before anything is assigned, so a bad update never leaves the
     model half-loaded.
     """
     reference = model_state_dict(modules)
     if len(weights) != len(reference):
-        raise ValueError(f"expected {len(reference)} weight arrays, got {len(weights)}")
+        raise WeightsError(f"expected {len(reference)} weight arrays, got {len(weights)}")
     state: OrderedDict[str, torch.Tensor] = OrderedDict()
     for (key, ref), array in zip(reference.items(), weights, strict=True):
         array = np.asarray(array)
@@ -157,21 +163,21 @@ def save_checkpoint(state: Mapping[str, torch.Tensor], path: str | Path) -> None
         with atomic_write(path) as f:
             torch.save(OrderedDict(state), f)
     except OSError as err:
-        raise OSError(err.errno, f"cannot write {path} ({err.strerror or err})") from err
+        raise WeightsError(f"cannot write {path} ({err.strerror or err})") from err
 
 
 def load_checkpoint(path: str | Path) -> OrderedDict[str, torch.Tensor]:
     """Read a checkpoint with ``weights_only=True`` (no pickled code runs); errors are one line."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"{path}: checkpoint not found")
+        raise WeightsError(f"{path}: checkpoint not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # torch's weights_only unpickler said no
         found = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed|\n\n|$)",
                           str(err), re.S)
         why = " ".join(found.group(1).split())[:120] if found else "not plain tensors"
-        raise ValueError(
+        raise WeightsError(
             f"{path}: refused: holds pickled code or objects other than tensors ({why}); "
             "nothing in it was run"
         ) from err
@@ -181,11 +187,11 @@ def load_checkpoint(path: str | Path) -> OrderedDict[str, torch.Tensor]:
         detail = f"{type(err).__name__}: {first}" if first else type(err).__name__
         what = ("truncated or corrupt" if "PytorchStreamReader" in text or isinstance(err, EOFError)
                 else "not a torch checkpoint")
-        raise ValueError(f"{path}: cannot load checkpoint: {what} ({detail})") from err
+        raise WeightsError(f"{path}: cannot load checkpoint: {what} ({detail})") from err
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
-        raise ValueError(f"{path}: not a model checkpoint (expected a dict of tensors)")
+        raise WeightsError(f"{path}: not a model checkpoint (expected a dict of tensors)")
     return OrderedDict(state)
 
 
@@ -193,9 +199,9 @@ def load_model_file(modules: torch.nn.Module, path: str | Path, device: str | No
     """Load a checkpoint written by :func:`save_checkpoint` into ``modules``, checked exactly."""
     try:
         load_model_state_dict(modules, load_checkpoint(path), device)
-    except ValueError as err:
+    except WeightsError as err:
         msg = str(err)
-        raise ValueError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from err
+        raise WeightsError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from err
 
 
 def weights_to_state_dict(
@@ -203,6 +209,6 @@ def weights_to_state_dict(
 ) -> OrderedDict[str, torch.Tensor]:
     """Pair :func:`get_weights` arrays with :func:`weight_keys` names (for saving)."""
     if len(weights) != len(keys):
-        raise ValueError(f"expected {len(keys)} weight arrays, got {len(weights)}")
+        raise WeightsError(f"expected {len(keys)} weight arrays, got {len(weights)}")
     pairs = zip(keys, weights, strict=True)
     return OrderedDict((k, torch.from_numpy(np.array(w, order="C", copy=True))) for k, w in pairs)

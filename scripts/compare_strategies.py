@@ -23,7 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from history import load_history, plot_histories  # noqa: E402
+from history import load_history  # noqa: E402
+from plots import plot_histories  # noqa: E402
 
 START, END = "<!-- comparison:start -->", "<!-- comparison:end -->"
 

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from history import load_history, plot_histories  # noqa: E402
+from history import load_history  # noqa: E402
+from plots import plot_histories  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,8 +4,8 @@
 
 It is ``client.py`` itself: the same parser, argument checks, model and dataset building
 (``client.run``: ``init_model``, pre-trained loading) and the same connect/retry loop. The only
-difference is the class ``client.run`` instantiates, a subclass of ``SpeechBrainClient`` whose
-``fit`` trains normally and then damages its reply according to ``--fault``:
+difference is the client class handed to ``client.main``, a subclass of ``SpeechBrainClient``
+whose ``fit`` trains normally and then damages its reply according to ``--fault``:
 
 - ``nan`` / ``inf``: the first element of the first floating-point array becomes NaN / +Inf
 - ``count``: the last array is dropped
@@ -71,7 +71,7 @@ def make_bad_client_class(fault: str) -> type:
             arrays, samples, metrics = super().fit(parameters, config)
             arrays, metrics = corrupt(fault, arrays, metrics)
             client.logger.warning("client %s: sending a corrupted reply (--fault %s)",
-                                  self.cid, fault)
+                                  self.trainer.cid, fault)
             return arrays, samples, metrics
 
     return BadClient
@@ -81,8 +81,7 @@ def main() -> None:
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--fault", choices=FAULTS, required=True)
     known, rest = pre.parse_known_args()
-    client.SpeechBrainClient = make_bad_client_class(known.fault)  # what client.run builds
-    client.main(rest)
+    client.main(rest, make_client=make_bad_client_class(known.fault))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,105 @@
+"""What a client does with the global model, written once for every transport.
+
+"Set the weights, train the local epochs, return the weights with the sample count and the raw
+metrics" and "evaluate on the dev set": the legacy ``NumPyClient`` (:mod:`client`) and the Flower
+App's ``ClientApp`` (:mod:`client_app`) are thin adapters over :class:`LocalTrainer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from brain import ASR
+from errors import UsageError
+from round_core import NDArrays
+from tokenizer import TokenizerMismatch
+from weights import get_weights, load_model_file, set_weights
+
+logger = logging.getLogger("client")
+
+
+class LocalTrainer:
+    """A client's Brain and datasets; trains and evaluates the weights it is given."""
+
+    def __init__(
+        self,
+        cid: str,
+        brain: ASR,
+        datasets: dict[str, Any],
+        pre_train_model_path: str | Path | None = None,
+        eval_device: str | None = None,
+    ):
+        self.cid = str(cid)
+        self.brain = brain
+        self.train_data = datasets.get("train")
+        self.dev_data = datasets.get("dev")
+        self.pre_train_model_path = pre_train_model_path
+        self.eval_device = eval_device
+
+    @property
+    def tokenizer_sha256(self) -> str:
+        return self.brain.tokenizer.sha256
+
+    def check_tokenizer(self, expected: str | None) -> None:
+        if expected and expected != self.tokenizer_sha256:
+            raise TokenizerMismatch(
+                f"client {self.cid}: tokenizer {self.brain.tokenizer.path} (sha256 "
+                f"{self.tokenizer_sha256[:12]}) differs from the server's ({expected[:12]}); "
+                "give every process the same --tokenizer_path"
+            )
+
+    def weights(self) -> NDArrays:
+        return get_weights(self.brain.modules)
+
+    def fit(self, weights: NDArrays, rnd: int, epochs: int
+            ) -> tuple[NDArrays, int, dict[str, float]]:
+        """Train ``epochs`` epochs of round ``rnd`` (epochs numbered across rounds).
+
+        Returns the new weights, the samples trained on and the metrics the server weighs by.
+        """
+        started = time.monotonic()
+        brain = self.brain
+        set_weights(weights, brain.modules, brain.device)
+        if rnd == 1 and self.pre_train_model_path is not None:
+            logger.info("client %s: loading pre-trained model %s", self.cid,
+                        self.pre_train_model_path)
+            load_model_file(brain.modules, self.pre_train_model_path, brain.device)
+        samples, train_loss, valid_wer = brain.train_epochs(
+            self.train_data, self.dev_data, epochs=epochs, first_epoch=(rnd - 1) * epochs + 1
+        )
+        seconds = time.monotonic() - started
+        logger.info("client %s round %d: %d samples, train loss %.4f, valid WER %.2f, %.1fs",
+                    self.cid, rnd, samples, train_loss, valid_wer, seconds)
+        _release_gpu_memory()
+        metrics = {"train_loss": train_loss, "valid_wer": valid_wer, "fit_seconds": seconds}
+        return self.weights(), samples, metrics
+
+    def evaluate(self, weights: NDArrays) -> tuple[float, int, dict[str, float]]:
+        """Loss, sample count, WER and CER of ``weights`` on this client's dev set."""
+        if self.dev_data is None:
+            raise UsageError(f"client {self.cid}: no --dev_path to evaluate on")
+        brain, home = self.brain, self.brain.device
+        device = self.eval_device or home
+        set_weights(weights, brain.modules, home)
+        if device != home:
+            brain.device = device
+            brain.modules.to(device)
+        try:
+            result = brain.test(self.dev_data)
+        finally:
+            if device != home:
+                brain.device = home
+                brain.modules.to(home)
+        _release_gpu_memory()
+        return result["loss"], int(result["samples"]), {"wer": result["wer"],
+                                                        "cer": result["cer"]}
+
+
+def _release_gpu_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,166 @@
+"""The server's SpeechBrain side, shared by every transport: its own model, data and run folder.
+
+:func:`build_federation` builds the server's Brain once, its held-out training set and test sets,
+the run folder (resuming or starting from a pre-trained model), and a :class:`round_core.RoundCore`
+whose server training and evaluation are this model's. ``server.py`` (legacy gRPC) and
+``server_app.py`` (Flower App) only add their transport around it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from atomic_file import file_sha256
+from brain import ASR, init_model
+from history import RunStore, library_versions, summary_table
+from round_core import NDArrays, RoundCore
+from weights import (
+    get_weights,
+    load_model_file,
+    load_model_state_dict,
+    save_checkpoint,
+    set_weights,
+    weight_keys,
+    weights_to_state_dict,
+)
+
+logger = logging.getLogger("server")
+
+
+class ServerModel:
+    """Server-side training on the held-out set and evaluation on the test sets."""
+
+    def __init__(self, brain: ASR, datasets: dict[str, Any], *, lr: float, local_epochs: int):
+        self.brain = brain
+        self.train_data = datasets.get("train")
+        self.test_sets = {k: v for k, v in datasets.items() if k not in ("train", "dev")}
+        self.lr = lr
+        self.local_epochs = local_epochs
+
+    def train(self, weights: NDArrays, rnd: int) -> NDArrays:
+        """One epoch on the held-out set, numbered after the clients' epochs of round ``rnd``."""
+        brain = self.brain
+        set_weights(weights, brain.modules, brain.device)
+        samples, loss, _ = brain.train_epochs(
+            self.train_data, None, epochs=1, first_epoch=rnd * self.local_epochs, lr=self.lr
+        )
+        logger.info("round %d: server-side training on %d samples, loss %.4f", rnd, samples, loss)
+        return get_weights(brain.modules)
+
+    def evaluate(self, weights: NDArrays, rnd: int, final: bool = False
+                 ) -> tuple[float, dict[str, float]]:
+        """Test loss, WER and CER (and each extra test set's WER and CER)."""
+        set_weights(weights, self.brain.modules, self.brain.device)
+        test = (lambda data: self.brain.test(data, final=True)) if final else self.brain.test
+        main = test(self.test_sets["test"])
+        metrics: dict[str, float] = {"wer": main["wer"], "cer": main["cer"]}
+        for name, data in self.test_sets.items():
+            if name != "test":
+                extra = test(data)
+                metrics[f"{name}_wer"] = extra["wer"]
+                metrics[f"{name}_cer"] = extra["cer"]
+        label = "final test" if final else f"round {rnd}"
+        logger.info("%s: test loss %.4f, %s", label, main["loss"],
+                    ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+        return main["loss"], metrics
+
+
+@dataclass
+class Federation:
+    """What a server process holds for a whole run."""
+
+    core: RoundCore
+    model: ServerModel
+    store: RunStore
+    local_epochs: int
+    tokenizer_sha256: str
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Save ``final_model.ckpt``; where decoding differs, test once more with the final beam."""
+        save_checkpoint(weights_to_state_dict(self.core.weights, self.store.keys),
+                        self.store.path / "final_model.ckpt")
+        brain = self.model.brain
+        if self.core.history and getattr(brain, "final_decoding_differs", False):
+            loss, metrics = self.model.evaluate(self.core.weights, 0, final=True)
+            last = self.core.history[-1]
+            last["final_test_loss"] = float(loss)
+            last.update({f"final_test_{k}": v for k, v in metrics.items()})
+            self.store.save_round(last["round"], None, self.core.history)
+        print(summary_table(self.core.history), flush=True)
+        return self.core.history
+
+
+def build_federation(
+    *,
+    config_file: Path,
+    overrides: dict[str, Any],
+    device: str | None,
+    data_path: str,
+    test_path: str,
+    save_path: str | Path,
+    extra_tests: dict[str, str] | None = None,
+    tr_add_path: str | None = None,
+    tokenizer_path: str | None = None,
+    pre_train_model_path: str | None = None,
+    resume: bool = False,
+    weight_strategy: str = "num",
+    local_epochs: int | None = None,
+    server_lr: float | None = None,
+    min_updates: int = 1,
+    accept_failures: bool = True,
+    run_info: dict[str, Any] | None = None,
+) -> Federation:
+    """Build the server's model and the round core for a new or resumed run."""
+    save_path = Path(save_path)
+    brain, datasets = init_model(
+        config_file,
+        output_folder=save_path / "server",
+        data_folder=data_path,
+        train_tsv=tr_add_path,
+        test_tsv=test_path,
+        extra_tsvs=extra_tests,
+        tokenizer_source=tokenizer_path,
+        device=device,
+        overrides=overrides,
+    )
+    store = RunStore(save_path, weight_keys(brain.modules))
+    history: list[dict[str, Any]] = []
+    if resume:
+        history, state = store.load_latest()
+        load_model_state_dict(brain.modules, state, brain.device)
+        logger.info("resuming after round %d from %s", history[-1]["round"], store.path)
+    elif pre_train_model_path is not None:
+        load_model_file(brain.modules, pre_train_model_path, brain.device)
+    if local_epochs is None:
+        local_epochs = int(brain.hparams.number_of_epochs)
+    if server_lr is None:
+        server_lr = float(getattr(brain.hparams, "server_lr", 0.01))
+    sha = brain.tokenizer.sha256
+    row_defaults = {
+        "seed": brain.hparams.seed,
+        "config": Path(config_file).name,
+        "config_sha256": file_sha256(config_file),
+        "tokenizer_sha256": sha,
+        "weight_strategy": weight_strategy,
+        "local_epochs": local_epochs,
+        "overrides": [f"{k}={v}" for k, v in overrides.items() if k != "seed"],
+        "versions": library_versions(),
+        **(run_info or {}),
+    }
+    model = ServerModel(brain, datasets, lr=server_lr, local_epochs=local_epochs)
+    core = RoundCore(
+        initial_weights=get_weights(brain.modules),
+        weight_strategy=weight_strategy,
+        server_train=model.train if tr_add_path else None,
+        evaluate=model.evaluate,
+        sink=store,
+        tokenizer_sha256=sha,
+        history=history,
+        row_defaults=row_defaults,
+        min_updates=min_updates,
+        accept_failures=accept_failures,
+    )
+    return Federation(core, model, store, local_epochs, sha)
