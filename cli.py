@@ -217,14 +217,15 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-def add_data_flags(p: argparse.ArgumentParser, *, tokenizer_default: str) -> None:
+def add_data_flags(p: argparse.ArgumentParser, *, tokenizer_default: str,
+                   data_path: str | None = None, save_path: str = "results") -> None:
     """``--data_path``, ``--tokenizer_path`` and ``--save_path``, the same in every program."""
-    p.add_argument("--data_path", type=str, required=True,
+    p.add_argument("--data_path", type=str, required=data_path is None, default=data_path,
                    help="Common Voice folder (holds clips/)")
     p.add_argument("--tokenizer_path", type=str, default=None,
                    help="shared tokenizer: a .model file, or transcripts (TSV/CSV) to train it "
                         f"from; default: {tokenizer_default}")
-    p.add_argument("--save_path", type=str, default="results", help="output folder")
+    p.add_argument("--save_path", type=str, default=save_path, help="output folder")
 
 
 def add_grpc_flags(p: argparse.ArgumentParser) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from cli import ArgumentParser, UsageError, main  # noqa: E402
 from history import load_history  # noqa: E402
 from plots import plot_histories  # noqa: E402
 
@@ -41,18 +42,18 @@ RUNS: dict[str, tuple[str, bool, bool, bool]] = {
 }
 
 
-def run_one(name: str, out: Path, args: argparse.Namespace) -> dict:
+def run_one(name: str, out: Path, rounds: int, local_epochs: int) -> dict:
     weighting, server_training, pretrained, bad = RUNS[name]
     cmd = [
         sys.executable, "scripts/launch.py", "--num_clients", "3", "--save_path", str(out / name),
-        "--rounds", str(args.rounds), "--local_epochs", str(args.local_epochs),
+        "--rounds", str(rounds), "--local_epochs", str(local_epochs),
         "--weight_strategy", weighting, "--extra_test", "unseen=temp_dataset/test_unseen.tsv",
         "--tr_path", str(out / "parts_bad") if bad else "temp_dataset",
     ]
     if not server_training:
         cmd += ["--tr_add_path", ""]
     if pretrained:
-        cmd += ["--pretrained", str(out / "pretrain")]
+        cmd += ["--pre_train_model_path", str(out / "pretrain")]
     shutil.rmtree(out / name, ignore_errors=True)
     print(f"compare: {name}: {' '.join(cmd[2:])}", flush=True)
     started = time.monotonic()
@@ -69,12 +70,12 @@ def run_one(name: str, out: Path, args: argparse.Namespace) -> dict:
             "pretrained": pretrained, "bad": bad, "history": history, "seconds": seconds}
 
 
-def table(results: list[dict], args: argparse.Namespace) -> str:
+def table(results: list[dict], rounds: int, local_epochs: int) -> str:
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     lines = [
         f"Measured {datetime.date.today().isoformat()} on {machine} (CPU only) by "
         f"`scripts/compare_strategies.py`: 3 clients (2 synthetic speakers each), "
-        f"{args.rounds} rounds x {args.local_epochs} local epochs, `small_cpu.yaml`, seed 1234. "
+        f"{rounds} rounds x {local_epochs} local epochs, `small_cpu.yaml`, seed 1234. "
         "WER in %, after the last round; the unseen voice is one no client or pre-training run "
         "hears. Bad client: client 2's transcripts shuffled among its clips.",
         "",
@@ -110,20 +111,24 @@ def update_readme(markdown: str, png: Path) -> None:
     print(f"compare: updated {readme} and {docs / 'comparison.png'}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("results/compare"))
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--save_path", "--out", dest="save_path", type=Path,
+                   default=Path("results/compare"),
+                   help="output folder (old name --out, kept for one release)")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--local_epochs", type=int, default=2)
     p.add_argument("--runs", default=",".join(RUNS), help=f"comma list from {', '.join(RUNS)}")
     p.add_argument("--update_readme", action="store_true")
-    args = p.parse_args(argv)
+    return p
+
+
+def run(args: argparse.Namespace) -> None:
     names = [n for n in args.runs.split(",") if n]
     unknown = [n for n in names if n not in RUNS]
     if unknown:
-        print(f"error: unknown run(s) {', '.join(unknown)} (--runs)", file=sys.stderr)
-        return 2
-    out = args.out if args.out.is_absolute() else ROOT / args.out
+        raise UsageError(f"--runs: unknown run(s) {', '.join(unknown)}")
+    out = args.save_path if args.save_path.is_absolute() else ROOT / args.save_path
     out.mkdir(parents=True, exist_ok=True)
     if any(RUNS[n][3] for n in names):
         subprocess.run([sys.executable, "scripts/partition.py", "--tsv", "temp_dataset/train.tsv",
@@ -132,11 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     pretrain_seconds = None
     if any(RUNS[n][2] for n in names):  # pre-train once, outside the runs' wall times
         started = time.monotonic()
-        subprocess.run([sys.executable, "scripts/pretrain.py", "--out", str(out / "pretrain"),
+        subprocess.run([sys.executable, "scripts/pretrain.py", "--save_path", str(out / "pretrain"),
                         "--num_threads", "2"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
         pretrain_seconds = time.monotonic() - started
-    results = [run_one(name, out, args) for name in names]
-    markdown = table(results, args)
+    results = [run_one(name, out, args.rounds, args.local_epochs) for name in names]
+    markdown = table(results, args.rounds, args.local_epochs)
     if pretrain_seconds is not None:
         markdown += (f"\nPre-training (`scripts/pretrain.py`, 15 epochs on the 160 utterances of "
                      f"two other voices) took {pretrain_seconds:.0f} s, not counted above.\n")
@@ -146,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown)
     if args.update_readme:
         update_readme(markdown, png)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(build_parser(), run))

@@ -6,8 +6,9 @@ clients, and waits for every process. Exits non-zero if any process fails; on Ct
 failure it stops all its children. Logs go to ``<save_path>/logs/``; the server's progress lines
 are echoed here.
 
-Client k trains on ``<tr_path>/train_<k>.tsv``. Arguments after ``--server-args`` /
-``--client-args`` are passed through to every server / client command line.
+Client k trains on ``<tr_path>/train_<k>.tsv``. Arguments after ``--server_args`` /
+``--client_args`` are passed through to every server / client command line (the hyphenated
+``--server-args`` / ``--client-args`` are old names, kept for one release).
 """
 
 from __future__ import annotations
@@ -97,24 +98,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer_path", default="temp_dataset/train.tsv")
     p.add_argument("--config_file", default="small_cpu.yaml")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--local_epochs", type=int, default=1)
+    p.add_argument("--local_epochs", type=int, default=None,
+                   help="default: the config's number_of_epochs")
     p.add_argument("--weight_strategy", default="num")
     p.add_argument("--save_path", default="results/demo")
     p.add_argument("--port", type=int, default=0, help="0: pick a free port")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    p.add_argument("--pretrained", default=None, metavar="DIR",
+    p.add_argument("--num_threads", "--threads", dest="num_threads", type=int, default=1,
+                   help="torch threads per process (old name --threads, kept for one release)")
+    p.add_argument("--pre_train_model_path", "--pretrained", dest="pre_train_model_path",
+                   default=None, metavar="DIR",
                    help="start from DIR/model.ckpt with DIR/tokenizer.model (from "
-                        "scripts/pretrain.py; run first if DIR has no model.ckpt)")
+                        "scripts/pretrain.py; run first if DIR has no model.ckpt; old name "
+                        "--pretrained, kept for one release)")
     p.add_argument("--start_timeout", type=float, default=300.0,
                    help="seconds to wait for the server to listen")
-    p.add_argument("--server-args", dest="server_args", nargs=argparse.REMAINDER, default=[])
+    p.add_argument("--server_args", "--server-args", dest="server_args",
+                   nargs=argparse.REMAINDER, default=[],
+                   help="the rest goes to server.py (before any --client_args)")
     return p
 
 
 def split_client_args(argv: list[str]) -> tuple[list[str], list[str]]:
-    if "--client-args" in argv:
-        i = argv.index("--client-args")
-        return argv[:i], argv[i + 1:]
+    """Split off ``--client_args ...`` (or the old ``--client-args``): those go to every client."""
+    for flag in ("--client_args", "--client-args"):
+        if flag in argv:
+            i = argv.index(flag)
+            return argv[:i], argv[i + 1:]
     return argv, []
 
 
@@ -126,26 +135,28 @@ def main(argv: list[str] | None = None) -> int:
     (save / "logs").mkdir(parents=True, exist_ok=True)
     port = args.port or free_port()
     address = f"127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(args.threads)}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(args.num_threads)}
     py = sys.executable
     shared: list[str] = []  # arguments for the server and every client
-    if args.pretrained:
-        pre = Path(args.pretrained)
+    if args.pre_train_model_path:
+        pre = Path(args.pre_train_model_path)
         if not (pre / "model.ckpt").is_file():
             print(f"launch: no {pre / 'model.ckpt'}; running scripts/pretrain.py first", flush=True)
-            subprocess.run([py, "scripts/pretrain.py", "--out", str(pre), "--config_file",
+            subprocess.run([py, "scripts/pretrain.py", "--save_path", str(pre), "--config_file",
                             args.config_file, "--num_threads", "2"], cwd=ROOT, check=True)
         args.tokenizer_path = str(pre / "tokenizer.model")
         shared = ["--pre_train_model_path", str(pre / "model.ckpt")]
     server_cmd = [
         py, "server.py", "--data_path", args.data_path, "--test_path", args.test_path,
         "--tokenizer_path", args.tokenizer_path, "--config_file", args.config_file,
-        "--rounds", str(args.rounds), "--local_epochs", str(args.local_epochs),
+        "--rounds", str(args.rounds),
         "--min_fit_clients", str(args.num_clients),
         "--min_available_clients", str(args.num_clients),
         "--weight_strategy", args.weight_strategy, "--server_address", address,
-        "--save_path", str(save), "--num_threads", str(args.threads),
+        "--save_path", str(save), "--num_threads", str(args.num_threads),
     ]
+    if args.local_epochs is not None:
+        server_cmd += ["--local_epochs", str(args.local_epochs)]
     if args.tr_add_path:
         server_cmd += ["--tr_add_path", args.tr_add_path]
     for item in args.extra_test:
@@ -176,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--tr_path", args.tr_path, "--dev_path", args.dev_path,
                 "--tokenizer_path", args.tokenizer_path, "--config_file", args.config_file,
                 "--server_address", address, "--save_path", str(save),
-                "--num_threads", str(args.threads), *shared, *client_extra,
+                "--num_threads", str(args.num_threads), *shared, *client_extra,
             ]
             client = start(cmd, env)
             procs.append(client)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cli import ArgumentParser, UsageError, check_at_least, main  # noqa: E402
 from common_voice_prepare import DataPrepError, read_tsv  # noqa: E402
 
 
@@ -92,8 +93,8 @@ def write_tsv(path: Path, header: list[str], rows: list[dict[str, str]]) -> None
         writer.writerows(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tsv", type=Path, required=True, help="Common Voice TSV to split")
     p.add_argument("--out_dir", type=Path, required=True, help="where train_<k>.tsv go")
     p.add_argument("--num_clients", type=int, required=True)
@@ -104,34 +105,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--snr_db", type=float, default=-5.0, help="noise level for --corruption noise")
     p.add_argument("--data_path", type=Path, default=None,
                    help="folder holding clips/ (for --corruption noise; default: the TSV's folder)")
-    args = p.parse_args(argv)
-    try:
-        if args.num_clients < 1:
-            raise DataPrepError(f"--num_clients must be at least 1, got {args.num_clients}")
-        if args.bad_client is not None and not 0 <= args.bad_client < args.num_clients:
-            raise DataPrepError(f"--bad_client {args.bad_client} is not a client index")
-        rows = read_tsv(args.tsv)
-        header = list(rows[0].keys())
-        split = split_by_speaker if args.by == "speaker" else split_iid
-        parts = split(rows, args.num_clients, args.seed)
-        args.out_dir.mkdir(parents=True, exist_ok=True)
-        for k, part in enumerate(parts):
-            note = ""
-            if k == args.bad_client:
-                if args.corruption == "shuffle":
-                    part = shuffle_transcripts(part, args.seed)
-                else:
-                    data = args.data_path or args.tsv.parent
-                    part = add_noise(part, data, args.out_dir, args.snr_db, args.seed)
-                note = f" (corrupted: {args.corruption})"
-            write_tsv(args.out_dir / f"train_{k}.tsv", header, part)
-            speakers = len({r.get("client_id", "") for r in part})
-            print(f"train_{k}.tsv: {len(part)} utterances, {speakers} speakers{note}")
-    except DataPrepError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return p
+
+
+def run(args: argparse.Namespace) -> None:
+    check_at_least(args.num_clients, 1, "--num_clients")
+    if args.bad_client is not None and not 0 <= args.bad_client < args.num_clients:
+        raise UsageError(f"--bad_client {args.bad_client} is not a client index")
+    rows = read_tsv(args.tsv)
+    header = list(rows[0].keys())
+    split = split_by_speaker if args.by == "speaker" else split_iid
+    parts = split(rows, args.num_clients, args.seed)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for k, part in enumerate(parts):
+        note = ""
+        if k == args.bad_client:
+            if args.corruption == "shuffle":
+                part = shuffle_transcripts(part, args.seed)
+            else:
+                data = args.data_path or args.tsv.parent
+                part = add_noise(part, data, args.out_dir, args.snr_db, args.seed)
+            note = f" (corrupted: {args.corruption})"
+        write_tsv(args.out_dir / f"train_{k}.tsv", header, part)
+        speakers = len({r.get("client_id", "") for r in part})
+        print(f"train_{k}.tsv: {len(part)} utterances, {speakers} speakers{note}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(build_parser(), run))

@@ -14,37 +14,35 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cli import ArgumentParser, UsageError, main  # noqa: E402
 from history import load_history  # noqa: E402
 from plots import plot_histories  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="history.json or run folder, optionally NAME=PATH")
     p.add_argument("--out", type=Path, default=None,
                    help="PNG to write (default: history.png beside a single run's history)")
     p.add_argument("--title", default=None)
-    args = p.parse_args(argv)
+    return p
+
+
+def run(args: argparse.Namespace) -> None:
     runs = {}
-    try:
-        for item in args.runs:
-            name, sep, path = item.partition("=")
-            path = Path(path if sep else item)
-            if path.is_dir():
-                path = path / "history.json"
-            runs[name if sep else path.parent.name] = load_history(path)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    for item in args.runs:
+        name, sep, path = item.partition("=")
+        path = Path(path if sep else item)
+        if path.is_dir():
+            path = path / "history.json"
+        runs[name if sep else path.parent.name] = load_history(path)
     out = args.out
     if out is None:
         if len(runs) > 1:
-            print("error: --out is required when plotting several runs", file=sys.stderr)
-            return 2
+            raise UsageError("--out is required when plotting several runs")
         out = path.parent / "history.png"
     print(plot_histories(runs, out, args.title))
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(build_parser(), run))

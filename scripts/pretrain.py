@@ -1,18 +1,18 @@
 #!/usr/bin/env python3
 """Centralised pre-training: train the federation's model on a separate split before round 1.
 
-Writes ``<out>/model.ckpt`` (what ``--pre_train_model_path`` loads at round 1: a plain tensor dict,
-normalisation statistics included) and ``<out>/tokenizer.model``, the tokenizer every server and
-client of the federation must then share (``--tokenizer_path <out>/tokenizer.model``), plus
-``<out>/pretrain.json`` with the per-epoch losses and validation WERs.
+Writes ``<save_path>/model.ckpt`` (what ``--pre_train_model_path`` loads at round 1: a plain
+tensor dict, normalisation statistics included) and ``<save_path>/tokenizer.model``, the tokenizer
+every server and client of the federation must then share (``--tokenizer_path
+<save_path>/tokenizer.model``), plus ``<save_path>/pretrain.json`` with the per-epoch losses and
+validation WERs.
 
-    python scripts/pretrain.py --epochs 15 --out results/pretrain
+    python scripts/pretrain.py --epochs 15 --save_path results/pretrain
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,48 +21,58 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+from atomic_file import atomic_write  # noqa: E402
 from brain import init_model  # noqa: E402
 from cli import (  # noqa: E402
     ArgumentParser,
-    UsageError,
+    add_data_flags,
     add_model_flags,
-    model_setup,
-    run_main,
-    setup_logging,
+    check_at_least,
+    check_data_flags,
+    check_file,
+    main,
+    parse_overrides,
+    set_threads,
 )
 from history import write_json_atomic  # noqa: E402
 from weights import model_state_dict, save_checkpoint  # noqa: E402
 
+OLD_NAME = "(old name {}, kept for one release)"
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data_path", default=str(ROOT / "temp_dataset"),
-                   help="folder holding clips/")
-    p.add_argument("--train_tsv", default=str(ROOT / "temp_dataset" / "pretrain.tsv"),
-                   help="pre-training split (not any client's data)")
-    p.add_argument("--dev_tsv", default=str(ROOT / "temp_dataset" / "dev.tsv"),
-                   help="validation split, for the WER printed after every epoch")
-    p.add_argument("--tokenizer_path", default=None,
-                   help="tokenizer source (.model or transcripts); default: --train_tsv")
+    add_data_flags(p, tokenizer_default="--tr_path", data_path=str(ROOT / "temp_dataset"),
+                   save_path="results/pretrain")
+    p.add_argument("--tr_path", "--train_tsv", dest="tr_path",
+                   default=str(ROOT / "temp_dataset" / "pretrain.tsv"),
+                   help="pre-training split (not any client's data) " + OLD_NAME.format(
+                       "--train_tsv"))
+    p.add_argument("--dev_path", "--dev_tsv", dest="dev_path",
+                   default=str(ROOT / "temp_dataset" / "dev.tsv"),
+                   help="validation split, for the WER printed after every epoch " +
+                        OLD_NAME.format("--dev_tsv"))
+    p.add_argument("--out", dest="save_path", help="old name of --save_path, kept for one release")
     p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--out", default="results/pretrain", help="output folder")
     add_model_flags(p)
     return p
 
 
 def run(args: argparse.Namespace) -> Path:
-    if args.epochs < 1:
-        raise UsageError(f"--epochs must be at least 1, got {args.epochs}")
-    out = Path(args.out)
-    config_file, model_options = model_setup(args)
+    check_at_least(args.epochs, 1, "--epochs")
+    check_data_flags(args.data_path, args.tokenizer_path, args.save_path)
+    check_file(args.dev_path, "--dev_path")
+    set_threads(args.num_threads)
+    out = Path(args.save_path)
     brain, datasets = init_model(
-        config_file,
+        Path(args.config_path) / args.config_file,
         output_folder=out / "work",
         data_folder=args.data_path,
-        train_tsv=args.train_tsv,
-        valid_tsv=args.dev_tsv,
+        train_tsv=args.tr_path,
+        valid_tsv=args.dev_path,
         tokenizer_source=args.tokenizer_path,
-        **model_options,
+        device=args.device,
+        overrides=parse_overrides(args.override, args.seed),
     )
     log = []
     for epoch in range(1, args.epochs + 1):
@@ -74,21 +84,15 @@ def run(args: argparse.Namespace) -> Path:
                     "seconds": round(time.monotonic() - started, 2)})
         print(f"pretrain epoch {epoch}: {samples} samples, train loss {loss:.4f}, "
               f"valid WER {wer:.2f}", flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(brain.tokenizer.path, out / "tokenizer.model")
+    with atomic_write(out / "tokenizer.model") as f:
+        f.write(brain.tokenizer.path.read_bytes())
     save_checkpoint(model_state_dict(brain.modules), out / "model.ckpt")
-    write_json_atomic({"config": args.config_file, "train_tsv": args.train_tsv,
+    write_json_atomic({"config": args.config_file, "tr_path": args.tr_path,
                        "tokenizer_sha256": brain.tokenizer.sha256, "epochs": log},
                       out / "pretrain.json")
     print(f"pretrain: wrote {out / 'model.ckpt'} and {out / 'tokenizer.model'}")
     return out / "model.ckpt"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.debug)
-    return run_main(run, args)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(build_parser(), run))

@@ -70,7 +70,7 @@ def test_federation_two_rounds(small_data: Path, tmp_path: Path, weighting: str)
 def test_launcher_fails_fast_when_a_client_fails(small_data: Path, tmp_path: Path) -> None:
     """A client that cannot start makes the launcher stop the server and exit non-zero."""
     started = time.monotonic()
-    result = launch(small_data, tmp_path / "run", "--client-args", "--config_file", "nope.yaml",
+    result = launch(small_data, tmp_path / "run", "--client_args", "--config_file", "nope.yaml",
                     timeout=200)
     assert result.returncode != 0
     assert "nope.yaml" in (tmp_path / "run" / "logs" / "client_0.log").read_text()

@@ -21,7 +21,7 @@ def test_wer_falls_between_rounds(tmp_path):
         "--tokenizer_path", str(data / "train.tsv"), "--rounds", "2", "--local_epochs", "5",
         "--save_path", str(save),
         # smaller batches: more optimiser steps from the same few utterances
-        "--server-args", "--override", "batch_size=4",
+        "--server_args", "--override", "batch_size=4",
         "--client-args", "--override", "batch_size=4",
     ], timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
