@@ -28,7 +28,7 @@ from atomic_file import atomic_write
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: clips outside <data>/clips are refused
 CSV_HEADER = ["ID", "duration", "wav", "spk_id", "wrd"]
 _SHOWN = 5  # names shown per kind of skipped row
 _PROGRESS_ROWS = 10_000  # a progress bar on a terminal for TSVs at least this long
@@ -143,13 +143,36 @@ def _as_dicts(header: list[str], records: list[list[str]]) -> list[dict[str, str
     return [dict(zip(header, r + [""] * (len(header) - len(r)), strict=False)) for r in records]
 
 
-def _resolve_audio(data_folder: Path, name: str) -> Path | None:
-    path = Path(name) if Path(name).is_absolute() else data_folder / "clips" / name
-    if path.is_file():
-        return path
-    if not path.suffix and path.with_name(path.name + ".mp3").is_file():
-        return path.with_name(path.name + ".mp3")
-    return None
+class Skip(NamedTuple):
+    """Why a TSV row gave no CSV row, and the name to show for it in warnings and errors."""
+
+    reason: str
+    name: str
+
+
+NO_PATH, OUTSIDE, MISSING = "no path", "outside", "missing"
+UNREADABLE, NO_WORDS = "unreadable", "no words"
+TOO_LONG, TOO_SHORT = "too long", "too short"
+
+
+def _resolve_audio(clips: Path, name: str) -> Path | str:
+    """The clip's real path, which must lie inside ``clips`` (resolved), else OUTSIDE or MISSING.
+
+    Symlinks are followed before the check, so neither ``..``, nor an absolute path, nor a link
+    can make a TSV read files elsewhere; ``clips`` itself may be a link (it is resolved first).
+    A name without an extension may also mean ``<name>.mp3``.
+    """
+    candidates = [name] if Path(name).suffix else [name, name + ".mp3"]
+    for candidate in candidates:
+        try:
+            path = (clips / candidate).resolve()  # an absolute name replaces clips/
+            if not path.is_relative_to(clips):
+                return OUTSIDE
+            if path.is_file():
+                return path
+        except (OSError, ValueError):  # name too long, NUL byte, symlink loop
+            return MISSING
+    return MISSING
 
 
 def _duration(path: Path) -> float | None:
@@ -167,22 +190,12 @@ def _duration(path: Path) -> float | None:
     return info.num_frames / info.sample_rate
 
 
-class Skip(NamedTuple):
-    """Why a TSV row gave no CSV row, and the name to show for it in warnings and errors."""
-
-    reason: str
-    name: str
-
-
-NO_PATH, MISSING, UNREADABLE, NO_WORDS = "no path", "missing", "unreadable", "no words"
-TOO_LONG, TOO_SHORT = "too long", "too short"
-
-
 @dataclass(frozen=True)
 class RowOptions:
     """What :func:`process_line` needs besides the row (one object, so rows map in parallel)."""
 
-    data_folder: Path
+    data_folder: Path  # resolved
+    clips: Path  # <data_folder>/clips, resolved: no clip may lie outside it
     language: str = "en"
     accented_letters: bool = False
     max_duration: float | None = None
@@ -198,9 +211,9 @@ def process_line(numbered_row: tuple[int, dict[str, str]], opts: RowOptions) -> 
     name = row["path"].strip()
     if not name:
         return Skip(NO_PATH, f"row {lineno}")
-    audio = _resolve_audio(opts.data_folder, name)
-    if audio is None:
-        return Skip(MISSING, name)
+    audio = _resolve_audio(opts.clips, name)
+    if isinstance(audio, str):
+        return Skip(audio, name)
     words = normalize_sentence(row["sentence"], opts.language, opts.accented_letters)
     if not words:
         return Skip(NO_WORDS, Path(name).stem)
@@ -212,7 +225,7 @@ def process_line(numbered_row: tuple[int, dict[str, str]], opts: RowOptions) -> 
     if seconds < opts.min_duration:
         return Skip(TOO_SHORT, name)
     speaker = row.get("client_id", "").strip() or "unknown"
-    return [audio.stem, f"{seconds:.3f}", str(audio.resolve()), speaker, words]
+    return [Path(name).stem, f"{seconds:.3f}", str(audio), speaker, words]
 
 
 def _map_rows(
@@ -270,6 +283,7 @@ def _why_none(
         return f"all {total} clips missing under {opts.data_folder / 'clips'}"
     texts = {
         MISSING: "clips missing", NO_PATH: "rows without a path",
+        OUTSIDE: f"clip paths outside {opts.data_folder / 'clips'}",
         UNREADABLE: "audio empty/unreadable", NO_WORDS: "empty sentences",
         TOO_LONG: f"longer than {opts.max_duration}s",
         TOO_SHORT: f"shorter than {opts.min_duration}s",
@@ -320,10 +334,12 @@ def prepare_tsv(
         return rows_done
 
     header, records = _read_tsv(tsv, raw)
-    opts = RowOptions(data, language, bool(accented_letters), max_duration, min_duration)
+    opts = RowOptions(data, (data / "clips").resolve(), language, bool(accented_letters),
+                      max_duration, min_duration)
     rows = list(enumerate(_as_dicts(header, records), start=2))
     out, counts, names = _collect(_map_rows(rows, opts))
     _warn(tsv, counts, names, NO_PATH, "rows without a path")
+    _warn(tsv, counts, names, OUTSIDE, f"clip paths outside {data / 'clips'}")
     _warn(tsv, counts, names, MISSING, f"audio files missing under {data / 'clips'}")
     _warn(tsv, counts, names, UNREADABLE, "audio files empty or unreadable")
     _warn(tsv, counts, names, NO_WORDS, "sentences with nothing speakable")
