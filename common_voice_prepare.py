@@ -170,7 +170,7 @@ def _resolve_audio(clips: Path, name: str) -> Path | str:
                 return OUTSIDE
             if path.is_file():
                 return path
-        except (OSError, ValueError):  # name too long, NUL byte, symlink loop
+        except (OSError, ValueError, RuntimeError):  # too long, NUL byte, symlink loop
             return MISSING
     return MISSING
 

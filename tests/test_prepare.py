@@ -271,3 +271,15 @@ def test_clips_folder_may_be_a_symlink(data: Path, tmp_path: Path) -> None:
     assert written == 4 and [r["ID"] for r in got] == ["a", "b", "d", "c"]
     assert [Path(r["wav"]) for r in got] == [
         (data / "clips" / name).resolve() for name in ("a.mp3", "b.wav", "d.mp3", "c.flac")]
+
+
+def test_unopenable_names_count_as_missing(data: Path, tmp_path: Path) -> None:
+    (data / "clips" / "loop1").symlink_to("loop2")
+    (data / "clips" / "loop2").symlink_to("loop1")
+    rows = [["s", "a.mp3", "kept"], ["s", "loop1", "loop"], ["s", "nul\x00.mp3", "nul"],
+            ["s", "x" * 5000, "too long"]]
+    tsv = write_tsv(data / "t.tsv", HEADER, rows)
+
+    assert prepare_tsv(tsv, tmp_path / "t.csv", data) == 1
+    with pytest.raises(DataPrepError, match="all 3 clips missing"):
+        prepare_tsv(write_tsv(data / "bad.tsv", HEADER, rows[1:]), tmp_path / "bad.csv", data)
