@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -16,16 +17,22 @@ import logging
 import re
 import sys
 import unicodedata
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from atomic_file import atomic_write
 from errors import UserError
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: clips outside <data>/clips are refused
 CSV_HEADER = ["ID", "duration", "wav", "spk_id", "wrd"]
+_SHOWN = 5  # names shown per kind of skipped row
+_PROGRESS_ROWS = 10_000  # a progress bar on a terminal for TSVs at least this long
 
 _APOSTROPHES = "\u2019\u2018\u02bc\u02bb\u00b4`\u2032\u201b\uff07"
 _QUOTES = "\u201c\u201d\u201e\u201f\u00ab\u00bb\u2039\u203a\u2033\uff02"
@@ -134,13 +141,36 @@ def _as_dicts(header: list[str], records: list[list[str]]) -> list[dict[str, str
     return [dict(zip(header, r + [""] * (len(header) - len(r)), strict=False)) for r in records]
 
 
-def _resolve_audio(data_folder: Path, name: str) -> Path | None:
-    path = Path(name) if Path(name).is_absolute() else data_folder / "clips" / name
-    if path.is_file():
-        return path
-    if not path.suffix and path.with_name(path.name + ".mp3").is_file():
-        return path.with_name(path.name + ".mp3")
-    return None
+class Skip(NamedTuple):
+    """Why a TSV row gave no CSV row, and the name to show for it in warnings and errors."""
+
+    reason: str
+    name: str
+
+
+NO_PATH, OUTSIDE, MISSING = "no path", "outside", "missing"
+UNREADABLE, NO_WORDS = "unreadable", "no words"
+TOO_LONG, TOO_SHORT = "too long", "too short"
+
+
+def _resolve_audio(clips: Path, name: str) -> Path | str:
+    """The clip's real path, which must lie inside ``clips`` (resolved), else OUTSIDE or MISSING.
+
+    Symlinks are followed before the check, so neither ``..``, nor an absolute path, nor a link
+    can make a TSV read files elsewhere; ``clips`` itself may be a link (it is resolved first).
+    A name without an extension may also mean ``<name>.mp3``.
+    """
+    candidates = [name] if Path(name).suffix else [name, name + ".mp3"]
+    for candidate in candidates:
+        try:
+            path = (clips / candidate).resolve()  # an absolute name replaces clips/
+            if not path.is_relative_to(clips):
+                return OUTSIDE
+            if path.is_file():
+                return path
+        except (OSError, ValueError, RuntimeError):  # too long, NUL byte, symlink loop
+            return MISSING
+    return MISSING
 
 
 def _duration(path: Path) -> float | None:
@@ -158,10 +188,113 @@ def _duration(path: Path) -> float | None:
     return info.num_frames / info.sample_rate
 
 
-def _warn(tsv: Path, items: list[str], what: str) -> None:
-    if items:
-        shown = ", ".join(items[:5]) + (", ..." if len(items) > 5 else "")
-        logger.warning("%s: %d %s, skipped: %s", tsv, len(items), what, shown)
+@dataclass(frozen=True)
+class RowOptions:
+    """What :func:`process_line` needs besides the row (one object, so rows map in parallel)."""
+
+    data_folder: Path  # resolved
+    clips: Path  # <data_folder>/clips, resolved: no clip may lie outside it
+    language: str = "en"
+    accented_letters: bool = False
+    max_duration: float | None = None
+    min_duration: float = 0.0
+
+
+def process_line(numbered_row: tuple[int, dict[str, str]], opts: RowOptions) -> list[str] | Skip:
+    """One TSV row -> a CSV row (its ID is the clip's stem, not yet unique), or why it is skipped.
+
+    Independent of every other row, so :func:`prepare_tsv` can read durations in parallel.
+    """
+    lineno, row = numbered_row
+    name = row["path"].strip()
+    if not name:
+        return Skip(NO_PATH, f"row {lineno}")
+    audio = _resolve_audio(opts.clips, name)
+    if isinstance(audio, str):
+        return Skip(audio, name)
+    words = normalize_sentence(row["sentence"], opts.language, opts.accented_letters)
+    if not words:
+        return Skip(NO_WORDS, Path(name).stem)
+    seconds = _duration(audio)
+    if seconds is None:
+        return Skip(UNREADABLE, name)
+    if opts.max_duration is not None and seconds > opts.max_duration:
+        return Skip(TOO_LONG, name)
+    if seconds < opts.min_duration:
+        return Skip(TOO_SHORT, name)
+    speaker = row.get("client_id", "").strip() or "unknown"
+    return [Path(name).stem, f"{seconds:.3f}", str(audio), speaker, words]
+
+
+def _map_rows(
+    rows: list[tuple[int, dict[str, str]]], opts: RowOptions
+) -> Iterator[list[str] | Skip]:
+    """:func:`process_line` over ``rows`` in TSV order, reading several clips at once.
+
+    Threads, not SpeechBrain's default process pool: the work is file I/O and libsndfile
+    calls that release the GIL, a thread pool starts in microseconds (small TSVs pay nothing),
+    and forking a process that holds torch and gRPC threads (the client) can deadlock.
+    ``SB_NUM_PROC`` caps the threads, as it caps SpeechBrain's processes.
+    """
+    from speechbrain.utils.parallel import get_available_cpu_count, parallel_map
+
+    show_bar = len(rows) >= _PROGRESS_ROWS and sys.stderr.isatty()
+    with ThreadPoolExecutor(max_workers=get_available_cpu_count()) as pool:
+        yield from parallel_map(
+            functools.partial(process_line, opts=opts), rows, executor=pool,
+            progress_bar=show_bar, progress_bar_kwargs={"desc": "reading clips"},
+        )
+
+
+def _collect(
+    results: Iterable[list[str] | Skip],
+) -> tuple[list[list[str]], Counter[str], dict[str, list[str]]]:
+    """CSV rows with unique IDs, the count of skipped rows per reason, and their first names.
+
+    IDs are made unique in row order (``a``, ``a_2``, ...) so one TSV always gives the same IDs.
+    """
+    out: list[list[str]] = []
+    counts: Counter[str] = Counter()
+    names: dict[str, list[str]] = {}
+    ids: set[str] = set()
+    for result in results:
+        if isinstance(result, Skip):
+            counts[result.reason] += 1
+            shown = names.setdefault(result.reason, [])
+            if len(shown) < _SHOWN:
+                shown.append(result.name)
+            continue
+        stem, n = result[0], 1
+        while result[0] in ids:
+            n += 1
+            result[0] = f"{stem}_{n}"
+        ids.add(result[0])
+        out.append(result)
+    return out, counts, names
+
+
+def _why_none(
+    total: int, counts: Counter[str], names: dict[str, list[str]], opts: RowOptions
+) -> str:
+    """Why no row was usable, for the one-line error: each reason's count and first name."""
+    if counts[MISSING] == total:
+        return f"all {total} clips missing under {opts.data_folder / 'clips'}"
+    texts = {
+        MISSING: "clips missing", NO_PATH: "rows without a path",
+        OUTSIDE: f"clip paths outside {opts.data_folder / 'clips'}",
+        UNREADABLE: "audio empty/unreadable", NO_WORDS: "empty sentences",
+        TOO_LONG: f"longer than {opts.max_duration}s",
+        TOO_SHORT: f"shorter than {opts.min_duration}s",
+    }
+    return "; ".join(f"{counts[reason]} {text}, e.g. {names[reason][0]}"
+                     for reason, text in texts.items() if counts[reason])
+
+
+def _warn(tsv: Path, counts: Counter[str], names: dict[str, list[str]], reason: str,
+          what: str) -> None:
+    if counts[reason]:
+        shown = ", ".join(names[reason]) + (", ..." if counts[reason] > _SHOWN else "")
+        logger.warning("%s: %d %s, skipped: %s", tsv, counts[reason], what, shown)
 
 
 def prepare_tsv(
@@ -199,63 +332,23 @@ def prepare_tsv(
         return rows_done
 
     header, records = _read_tsv(tsv, raw)
-    missing, no_path, unreadable, no_words, too_long, too_short = [], [], [], [], [], []
-    out: list[list[str]] = []
-    ids: set[str] = set()
-    for lineno, row in enumerate(_as_dicts(header, records), start=2):
-        name = row["path"].strip()
-        if not name:
-            no_path.append(f"row {lineno}")
-            continue
-        audio = _resolve_audio(data, name)
-        if audio is None:
-            missing.append(name)
-            continue
-        words = normalize_sentence(row["sentence"], language, accented_letters)
-        if not words:
-            no_words.append(Path(name).stem)
-            continue
-        seconds = _duration(audio)
-        if seconds is None:
-            unreadable.append(name)
-            continue
-        if max_duration is not None and seconds > max_duration:
-            too_long.append(name)
-            continue
-        if seconds < min_duration:
-            too_short.append(name)
-            continue
-        clip_id, n = audio.stem, 1
-        while clip_id in ids:
-            n += 1
-            clip_id = f"{audio.stem}_{n}"
-        ids.add(clip_id)
-        speaker = row.get("client_id", "").strip()
-        out.append([clip_id, f"{seconds:.3f}", str(audio.resolve()), speaker or "unknown", words])
-
-    _warn(tsv, no_path, "rows without a path")
-    _warn(tsv, missing, f"audio files missing under {data / 'clips'}")
-    _warn(tsv, unreadable, "audio files empty or unreadable")
-    _warn(tsv, no_words, "sentences with nothing speakable")
-    if too_long or too_short:
+    opts = RowOptions(data, (data / "clips").resolve(), language, bool(accented_letters),
+                      max_duration, min_duration)
+    rows = list(enumerate(_as_dicts(header, records), start=2))
+    out, counts, names = _collect(_map_rows(rows, opts))
+    _warn(tsv, counts, names, NO_PATH, "rows without a path")
+    _warn(tsv, counts, names, OUTSIDE, f"clip paths outside {data / 'clips'}")
+    _warn(tsv, counts, names, MISSING, f"audio files missing under {data / 'clips'}")
+    _warn(tsv, counts, names, UNREADABLE, "audio files empty or unreadable")
+    _warn(tsv, counts, names, NO_WORDS, "sentences with nothing speakable")
+    if counts[TOO_LONG] or counts[TOO_SHORT]:
         logger.info(
             "%s: dropped %d clips longer than %ss and %d shorter than %ss",
-            tsv, len(too_long), max_duration, len(too_short), min_duration,
+            tsv, counts[TOO_LONG], max_duration, counts[TOO_SHORT], min_duration,
         )
     if not out:
-        total = len(records)
-        if len(missing) == total:
-            why = f"all {total} clips missing under {data / 'clips'}"
-        else:
-            reasons = [
-                (missing, "clips missing"), (no_path, "rows without a path"),
-                (unreadable, "audio empty/unreadable"), (no_words, "empty sentences"),
-                (too_long, f"longer than {max_duration}s"),
-                (too_short, f"shorter than {min_duration}s"),
-            ]
-            why = "; ".join(f"{len(items)} {text}, e.g. {items[0]}" for items, text in reasons
-                            if items)
-        raise DataPrepError(f"{tsv}: no usable rows out of {total} ({why})")
+        raise DataPrepError(f"{tsv}: no usable rows out of {len(rows)} "
+                            f"({_why_none(len(rows), counts, names, opts)})")
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

@@ -202,3 +202,84 @@ def test_prepare_common_voice(data: Path, tmp_path: Path) -> None:
     assert paths == {split: save / f"{split}.csv" for split in ("train", "dev", "test")}
     assert all(len(read_csv(p)) == 2 for p in paths.values())
     assert cvp.prepare_common_voice(data, tmp_path / "s2", dev_tsv_file=tsv).keys() == {"dev"}
+
+
+def outside_audio(data: Path) -> Path:
+    """A real, readable clip next to clips/ (not in it): refused although it is good audio."""
+    outside = data / "outside.wav"
+    sf.write(outside, np.zeros(SR // 2, dtype="float32"), SR)
+    return outside
+
+
+def test_paths_outside_clips_are_skipped_with_a_warning_and_never_read(
+    data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    outside = outside_audio(data)
+    (data / "clips" / "link.wav").symlink_to(outside)  # a link out of clips/ is refused too
+    bad = ["../../../etc/passwd", "/etc/hostname", "../outside.wav", str(outside), "link.wav",
+           "sub/../../outside"]
+    rows = [["s", "a.mp3", "kept"], *[["s", name, "bad"] for name in bad],
+            ["s", str(data / "clips" / "b.wav"), "absolute inside clips is fine"]]
+    tsv = write_tsv(data / "t.tsv", HEADER, rows)
+    read: list[str] = []
+    real = cvp._duration
+    monkeypatch.setattr(cvp, "_duration", lambda path: read.append(str(path)) or real(path))
+
+    with caplog.at_level(logging.WARNING, logger="common_voice_prepare"):
+        written = prepare_tsv(tsv, tmp_path / "t.csv", data)
+
+    assert written == 2
+    assert [r["ID"] for r in read_csv(tmp_path / "t.csv")] == ["a", "b"]
+    assert all(Path(p).parent == (data / "clips").resolve() for p in read)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert f"6 clip paths outside {data / 'clips'}, skipped: ../../../etc/passwd" in warnings[0]
+    assert "/etc/hostname" in warnings[0] and warnings[0].endswith(", ...")
+
+
+def test_all_paths_outside_clips_is_a_one_line_error(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outside_audio(data)
+    rows = [["s", "../../../etc/passwd", "one"], ["s", "../outside.wav", "two"]]
+    tsv = write_tsv(data / "t.tsv", HEADER, rows)
+    out = tmp_path / "t.csv"
+
+    with pytest.raises(DataPrepError) as err:
+        prepare_tsv(tsv, out, data)
+    status = cvp.main(["--data_folder", str(data), "--tsv", str(tsv), "--csv", str(out)])
+
+    expected = (f"{tsv}: no usable rows out of 2 (2 clip paths outside {data / 'clips'}, "
+                "e.g. ../../../etc/passwd)")
+    assert str(err.value) == expected
+    assert status == 2 and capsys.readouterr().err == f"error: {expected}\n"
+    assert not out.exists()
+
+
+def test_clips_folder_may_be_a_symlink(data: Path, tmp_path: Path) -> None:
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "clips").symlink_to(data / "clips", target_is_directory=True)
+    rows = [["s", "a.mp3", "relative"], ["s", str(linked / "clips" / "b.wav"), "absolute"],
+            ["s", "d", "no extension"], ["s", "c.flac", "flac"]]
+    tsv = write_tsv(linked / "t.tsv", HEADER, rows)
+
+    written = prepare_tsv(tsv, tmp_path / "t.csv", linked)
+
+    got = read_csv(tmp_path / "t.csv")
+    assert written == 4 and [r["ID"] for r in got] == ["a", "b", "d", "c"]
+    assert [Path(r["wav"]) for r in got] == [
+        (data / "clips" / name).resolve() for name in ("a.mp3", "b.wav", "d.mp3", "c.flac")]
+
+
+def test_unopenable_names_count_as_missing(data: Path, tmp_path: Path) -> None:
+    (data / "clips" / "loop1").symlink_to("loop2")
+    (data / "clips" / "loop2").symlink_to("loop1")
+    rows = [["s", "a.mp3", "kept"], ["s", "loop1", "loop"], ["s", "nul\x00.mp3", "nul"],
+            ["s", "x" * 5000, "too long"]]
+    tsv = write_tsv(data / "t.tsv", HEADER, rows)
+
+    assert prepare_tsv(tsv, tmp_path / "t.csv", data) == 1
+    with pytest.raises(DataPrepError, match="all 3 clips missing"):
+        prepare_tsv(write_tsv(data / "bad.tsv", HEADER, rows[1:]), tmp_path / "bad.csv", data)
