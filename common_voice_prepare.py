@@ -14,9 +14,7 @@ import hashlib
 import io
 import json
 import logging
-import re
 import sys
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from atomic_file import atomic_write
+import cli
+from atomic_file import atomic_write, file_sha256
 from errors import UserError
+from text_normalization import normalize_sentence
 
 logger = logging.getLogger(__name__)
 
@@ -34,49 +34,8 @@ CSV_HEADER = ["ID", "duration", "wav", "spk_id", "wrd"]
 _SHOWN = 5  # names shown per kind of skipped row
 _PROGRESS_ROWS = 10_000  # a progress bar on a terminal for TSVs at least this long
 
-_APOSTROPHES = "\u2019\u2018\u02bc\u02bb\u00b4`\u2032\u201b\uff07"
-_QUOTES = "\u201c\u201d\u201e\u201f\u00ab\u00bb\u2039\u203a\u2033\uff02"
-_DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\u2e3a\u2e3b\ufe58\ufe63\uff0d"
-_UNIFY = str.maketrans(
-    {**{c: "'" for c in _APOSTROPHES}, **{c: '"' for c in _QUOTES}, **{c: "-" for c in _DASHES}}
-)
-_LIGATURES = str.maketrans(
-    {"ß": "ss", "ẞ": "SS", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ø": "o", "Ø": "O"}
-)
-_LONE_APOSTROPHE = re.compile(r"(?<!\w)'|'(?!\w)")
-
-
 class DataPrepError(UserError):
     """Bad input data; ``str(err)`` is a one-line message naming the offending file."""
-
-
-def _strip_accents(text: str) -> str:
-    """é->e, ñ->n, ß->ss, æ->ae, œ->oe, ø->o."""
-    decomposed = unicodedata.normalize("NFKD", text.translate(_LIGATURES))
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
-
-
-def normalize_sentence(text: str, language: str = "en", accented_letters: bool = False) -> str:
-    """Map a Common Voice prompt to upper-case words without punctuation ("" if none remain).
-
-    Apostrophes inside words are kept ("L'HOMME", "DON'T") except for Kinyarwanda ("rw"),
-    where they separate words. ``accented_letters=False`` folds accents to plain letters.
-    """
-    text = unicodedata.normalize("NFC", text).translate(_UNIFY)
-    if not accented_letters:
-        text = _strip_accents(text)
-    if language == "rw":
-        text = text.replace("'", " ")
-    kept = []
-    for char in text:
-        if char == "'" or unicodedata.category(char)[0] in "LMN":
-            kept.append(char)
-        else:  # punctuation, symbols, dashes, whitespace, control characters
-            kept.append(" ")
-    words = _LONE_APOSTROPHE.sub(" ", "".join(kept)).upper()
-    if not accented_letters:  # upper() can introduce new composed forms; keep output plain
-        words = _strip_accents(words)
-    return " ".join(words.split())
 
 
 def _fingerprint(tsv_bytes: bytes, options: dict) -> str:
@@ -95,7 +54,7 @@ def _already_prepared(csv_path: Path, meta_path: Path, fingerprint: str) -> int 
     """Row count of a CSV prepared from the same inputs, else None."""
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        csv_hash = hashlib.sha256(csv_path.read_bytes()).hexdigest()
+        csv_hash = file_sha256(csv_path)
     except (OSError, ValueError):
         return None
     if meta.get("fingerprint") != fingerprint or meta.get("csv_sha256") != csv_hash:
@@ -395,29 +354,33 @@ def prepare_common_voice(
     return written
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: prepare one TSV into one CSV."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_folder", required=True, help="folder holding clips/")
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_path", "--data_folder", dest="data_path", required=True,
+                        help="folder holding clips/ (old name --data_folder, kept for one release)")
     parser.add_argument("--tsv", required=True, help="Common Voice TSV file")
     parser.add_argument("--csv", required=True, help="output CSV file")
     parser.add_argument("--language", default="en")
     parser.add_argument("--accented_letters", action="store_true")
     parser.add_argument("--max_duration", type=float, default=None)
     parser.add_argument("--min_duration", type=float, default=0.0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        rows = prepare_tsv(
-            args.tsv, args.csv, args.data_folder, language=args.language,
-            accented_letters=args.accented_letters, max_duration=args.max_duration,
-            min_duration=args.min_duration,
-        )
-    except DataPrepError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Command line: prepare one TSV into one CSV."""
+    rows = prepare_tsv(
+        args.tsv, args.csv, args.data_path, language=args.language,
+        accented_letters=args.accented_letters, max_duration=args.max_duration,
+        min_duration=args.min_duration,
+    )
     print(f"{rows} rows written to {args.csv}")
-    return 0
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli.main(build_parser(), run, list(argv) if argv is not None else None)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ from pathlib import Path
 import sentencepiece as spm
 
 from atomic_file import atomic_write, file_sha256
-from common_voice_prepare import DataPrepError, normalize_sentence, read_tsv
+from common_voice_prepare import DataPrepError, read_tsv
 from errors import UserError
+from text_normalization import normalize_sentence
 
 
 class TokenizerMismatch(UserError):
