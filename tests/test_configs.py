@@ -34,5 +34,7 @@ def test_parameter_count_matches_reference(tmp_path, config):
     config_file.check_config_keys(path, hparams)
     modules = hparams["modules"]
     assert "dec" in modules and hparams["decode_method"] == "beam"
+    # SpeechBrain's recipes: a narrow beam for validation, the tutorial's 80 for the final test.
+    assert (hparams["valid_search"].beam_size, hparams["test_search"].beam_size) == (10, 80)
     count = sum(p.numel() for module in modules.values() for p in module.parameters())
     assert count == PARAMETERS[config]
