@@ -36,6 +36,7 @@ class ASR(sb.Brain):
     tokenizer: Tokenizer
     lr_override: float | None = None  # learning rate for the next fit (server-side training)
     samples_seen: int = 0
+    final_test: bool = False  # decode with the config's wide test_search (set by test(final=True))
 
     @property
     def is_seq2seq(self) -> bool:
@@ -66,10 +67,16 @@ class ASR(sb.Brain):
         return out
 
     def _decode(self, enc, p_ctc, wav_lens) -> list[list[int]]:
+        """Hypotheses; beam search is narrow (valid_search) except in the final test."""
         method = getattr(self.hparams, "decode_method", "greedy")
         if not self.is_seq2seq:
             return sb.decoders.ctc_greedy_decode(p_ctc, wav_lens, self.hparams.blank_index)
-        searcher = self.hparams.beam_searcher if method == "beam" else self.hparams.greedy_searcher
+        if method != "beam":
+            searcher = self.hparams.greedy_searcher
+        elif self.final_test:
+            searcher = self.hparams.test_search
+        else:
+            searcher = self.hparams.valid_search
         hyps = searcher(enc, wav_lens)[0]
         return [[int(t) for t in h] for h in hyps]
 
@@ -199,11 +206,19 @@ class ASR(sb.Brain):
         finally:
             self.lr_override = None
 
-    def test(self, test_set) -> dict[str, float]:
-        """Evaluate with the config's test loader options; return samples, loss, WER and CER."""
-        samples, loss, wer = self.evaluate(
-            test_set, test_loader_kwargs=self.hparams.test_dataloader_options
-        )
+    def test(self, test_set, final: bool = False) -> dict[str, float]:
+        """Evaluate with the config's test loader options; return samples, loss, WER and CER.
+
+        ``final`` decodes with ``test_search`` (the wide beam, as SpeechBrain recipes keep for
+        the last test); per-round evaluations use the cheaper ``valid_search``.
+        """
+        self.final_test = final
+        try:
+            samples, loss, wer = self.evaluate(
+                test_set, test_loader_kwargs=self.hparams.test_dataloader_options
+            )
+        finally:
+            self.final_test = False
         cer = self.stage_stats[sb.Stage.TEST]["CER"]
         return {"samples": samples, "loss": loss, "wer": wer, "cer": cer}
 

@@ -39,9 +39,9 @@ def check_config_keys(config_file: str | Path, hparams: dict) -> None:
         needed = list(REQUIRED_MODULES)
         if "dec" in modules:
             beam = hparams.get("decode_method", "greedy") == "beam"
-            searcher = "beam_searcher" if beam else "greedy_searcher"
+            searchers = ("valid_search", "test_search") if beam else ("greedy_searcher",)
             needed += list(SEQ2SEQ_MODULES)
-            missing += [k for k in (*SEQ2SEQ_KEYS, searcher) if k not in hparams]
+            missing += [k for k in (*SEQ2SEQ_KEYS, *searchers) if k not in hparams]
         missing += [f"modules.{m}" for m in needed if m not in modules]
     if missing:
         keys = ", ".join(repr(k) for k in missing)

@@ -1,7 +1,7 @@
 """Tests for weights: model <-> arrays <-> checkpoint, on real models built from every config.
 
 Every config in ``configs/`` is built once per session (module-scoped, parametrized fixture). The
-big configs (template, CRDNN: ~160M parameters) are built with a cheap stand-in for
+big configs (template: 46M, CRDNN: 159M parameters) are built with a cheap stand-in for
 ``torch.nn.init.orthogonal_`` (QR of the 1024-wide LSTM matrices takes most of the build time on
 2 cores); the architecture (keys, shapes, dtypes) is exactly the config's, only initial values
 differ, and these tests are about keys, shapes, dtypes and values round-tripping.
