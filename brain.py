@@ -66,6 +66,12 @@ class ASR(sb.Brain):
             out["hyps"] = self._decode(enc, out["p_ctc"], wav_lens)
         return out
 
+    @property
+    def final_decoding_differs(self) -> bool:
+        """Whether ``test(final=True)`` decodes differently (a wider beam) from every round."""
+        return (self.is_seq2seq and getattr(self.hparams, "decode_method", "greedy") == "beam"
+                and self.hparams.test_search is not self.hparams.valid_search)
+
     def _decode(self, enc, p_ctc, wav_lens) -> list[list[int]]:
         """Hypotheses; beam search is narrow (valid_search) except in the final test."""
         method = getattr(self.hparams, "decode_method", "greedy")

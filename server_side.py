@@ -54,12 +54,11 @@ class ServerModel:
                  ) -> tuple[float, dict[str, float]]:
         """Test loss, WER and CER (and each extra test set's WER and CER)."""
         set_weights(weights, self.brain.modules, self.brain.device)
-        test = (lambda data: self.brain.test(data, final=True)) if final else self.brain.test
-        main = test(self.test_sets["test"])
+        main = self.brain.test(self.test_sets["test"], final=final)
         metrics: dict[str, float] = {"wer": main["wer"], "cer": main["cer"]}
         for name, data in self.test_sets.items():
             if name != "test":
-                extra = test(data)
+                extra = self.brain.test(data, final=final)
                 metrics[f"{name}_wer"] = extra["wer"]
                 metrics[f"{name}_cer"] = extra["cer"]
         label = "final test" if final else f"round {rnd}"
@@ -83,7 +82,7 @@ class Federation:
         save_checkpoint(weights_to_state_dict(self.core.weights, self.store.keys),
                         self.store.path / "final_model.ckpt")
         brain = self.model.brain
-        if self.core.history and getattr(brain, "final_decoding_differs", False):
+        if self.core.history and brain.final_decoding_differs:
             loss, metrics = self.model.evaluate(self.core.weights, 0, final=True)
             last = self.core.history[-1]
             last["final_test_loss"] = float(loss)
