@@ -5,10 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+# isort: off
+import quiet  # noqa: F401  (before SpeechBrain: silences its torchvision warning)
 import speechbrain as sb
+# isort: on
 import torch
 import torchaudio.functional as taf
 from speechbrain.dataio import audio_io
+from speechbrain.dataio.dataio import load_data_csv
 from speechbrain.dataio.dataset import DynamicItemDataset
 
 from tokenizer import Tokenizer
@@ -24,9 +28,13 @@ def load_audio(path: str, sample_rate: int) -> torch.Tensor:
 
 
 def make_datasets(
-    hparams: dict[str, Any], tokenizer: Tokenizer, csv_files: dict[str, Path]
+    hparams: dict[str, Any], tokenizer: Tokenizer, sources: dict[str, Path | dict]
 ) -> dict[str, DynamicItemDataset]:
-    """Datasets with ``sig`` (audio) and token pipelines, from prepared SpeechBrain CSVs."""
+    """Datasets with ``sig`` (audio) and token pipelines.
+
+    Each source is a prepared SpeechBrain CSV, or its rows already loaded (``load_csv_rows``, a
+    subset of them for one virtual client).
+    """
     sample_rate = hparams["sample_rate"]
     cache: dict[str, torch.Tensor] | None = {} if hparams.get("cache_audio", False) else None
 
@@ -51,8 +59,11 @@ def make_datasets(
         yield torch.LongTensor(tokens_list)
 
     datasets = {}
-    for split, csv_file in csv_files.items():
-        data = DynamicItemDataset.from_csv(csv_path=str(csv_file))
+    for split, source in sources.items():
+        if isinstance(source, dict):
+            data = DynamicItemDataset(source)
+        else:
+            data = DynamicItemDataset.from_csv(csv_path=str(source))
         if split == "train" and hparams.get("sorting", "random") in ("ascending", "descending"):
             data = data.filtered_sorted(
                 sort_key="duration", reverse=hparams["sorting"] == "descending"
@@ -66,3 +77,8 @@ def make_datasets(
         )
         datasets[split] = data
     return datasets
+
+
+def load_csv_rows(csv_file: str | Path) -> dict[str, dict[str, Any]]:
+    """A prepared CSV as ``{ID: {duration, wav, spk_id, wrd}}`` (duration as a float)."""
+    return load_data_csv(str(csv_file))

@@ -189,6 +189,21 @@ def parse_overrides(items: list[str], seed: int | None = None) -> dict[str, obje
     return overrides
 
 
+def parse_extra_tests(items: list[str]) -> dict[str, str]:
+    extra = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name.isidentifier() or not path:
+            raise UsageError(f"--extra_test '{item}': expected NAME=TSV, e.g. unseen=test_b.tsv")
+        extra[name] = path
+    return extra
+
+
+def config_dir(path: str) -> Path:
+    """A config folder; "" is the project's (or an installed Flower App's) own ``configs/``."""
+    return Path(path) if path else CONFIG_DIR
+
+
 def set_threads(num_threads: int) -> None:
     """``--num_threads``: torch's CPU threads for this process (0 keeps torch's default)."""
     if num_threads > 0:

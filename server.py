@@ -27,6 +27,7 @@ from cli import (
     check_grpc_max_message_length,
     check_port_free,
     main_and_exit,
+    parse_extra_tests,
     parse_overrides,
     read_bytes,
     set_threads,
@@ -34,16 +35,6 @@ from cli import (
 from server_side import Federation, build_federation
 
 logger = logging.getLogger("server")
-
-
-def parse_extra_tests(items: list[str]) -> dict[str, str]:
-    extra = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name.isidentifier() or not path:
-            raise UsageError(f"--extra_test '{item}': expected NAME=TSV, e.g. unseen=test_b.tsv")
-        extra[name] = path
-    return extra
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,8 @@
 utterances (non-IID, like real federations); ``--by iid`` deals utterances out at random. Both are
 seeded. ``--bad_client K`` corrupts client K's copy, to test robust weighting:
 ``--corruption shuffle`` permutes its transcripts, ``--corruption noise`` drowns its audio in white
-noise (new clips are written under ``<out_dir>/noisy_clips/`` and referenced by absolute path).
+noise (the new clips are written to ``<out_dir>/clips/``: run that client with ``--data_path
+<out_dir>``, since clip paths never leave a data folder's ``clips/``).
 """
 
 from __future__ import annotations
@@ -20,39 +21,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cli import ArgumentParser, UsageError, check_at_least, main  # noqa: E402
-from common_voice_prepare import DataPrepError, read_tsv  # noqa: E402
-
-
-def split_by_speaker(
-    rows: list[dict[str, str]], num_clients: int, seed: int
-) -> list[list[dict[str, str]]]:
-    """Each speaker to one client; the largest speakers go first to the emptiest client."""
-    speakers: dict[str, list[dict[str, str]]] = {}
-    for row in rows:
-        speakers.setdefault(row.get("client_id", "") or "unknown", []).append(row)
-    if len(speakers) < num_clients:
-        raise DataPrepError(
-            f"only {len(speakers)} speakers for {num_clients} clients: "
-            "use --by iid or fewer clients"
-        )
-    order = sorted(speakers)
-    random.Random(seed).shuffle(order)
-    order.sort(key=lambda s: -len(speakers[s]))  # stable: ties keep the seeded order
-    parts: list[list[dict[str, str]]] = [[] for _ in range(num_clients)]
-    for speaker in order:
-        min(parts, key=len).extend(speakers[speaker])
-    return parts
-
-
-def split_iid(
-    rows: list[dict[str, str]], num_clients: int, seed: int
-) -> list[list[dict[str, str]]]:
-    """Shuffle, then deal the rows into ``num_clients`` nearly equal parts."""
-    if len(rows) < num_clients:
-        raise DataPrepError(f"only {len(rows)} rows for {num_clients} clients")
-    shuffled = list(rows)
-    random.Random(seed).shuffle(shuffled)
-    return [shuffled[i::num_clients] for i in range(num_clients)]
+from common_voice_prepare import read_tsv  # noqa: E402
+from partitioning import split_by_speaker, split_iid  # noqa: E402
 
 
 def shuffle_transcripts(rows: list[dict[str, str]], seed: int) -> list[dict[str, str]]:
@@ -65,13 +35,13 @@ def shuffle_transcripts(rows: list[dict[str, str]], seed: int) -> list[dict[str,
 def add_noise(
     rows: list[dict[str, str]], data_folder: Path, out_dir: Path, snr_db: float, seed: int
 ) -> list[dict[str, str]]:
-    """Copies of the clips with white noise at ``snr_db``; rows point at the copies."""
+    """Copies of the clips with white noise at ``snr_db`` in ``<out_dir>/clips``; rows name them."""
     import soundfile as sf
 
     from audio_data import load_audio
 
     rng = np.random.default_rng(seed)
-    noisy_dir = out_dir / "noisy_clips"
+    noisy_dir = out_dir / "clips"
     noisy_dir.mkdir(parents=True, exist_ok=True)
     out = []
     for row in rows:
@@ -81,7 +51,7 @@ def add_noise(
         noise = rng.normal(0.0, np.sqrt(power / 10 ** (snr_db / 10)), size=audio.shape)
         target = noisy_dir / (Path(row["path"]).stem + ".wav")
         sf.write(target, np.clip(audio + noise, -1, 1).astype(np.float32), 16000)
-        out.append({**row, "path": str(target.resolve())})
+        out.append({**row, "path": target.name})
     return out
 
 

@@ -1,0 +1,128 @@
+"""The Flower App's ClientApp: a thin adapter over :class:`local_training.LocalTrainer`.
+
+Runs on the Simulation Engine (virtual clients in Ray actors) and on the Deployment Engine (one
+SuperNode per site). A node's data comes from its node config:
+
+- ``data-path``, ``tr-path`` (a TSV, or a folder holding ``train_<cid>.tsv``), ``dev-path``,
+  ``cid``: a real site's own files (``flower-supernode --node-config``);
+- else ``partition-id`` / ``num-partitions`` (simulation): the shard of the run config's
+  ``tr-path`` that :func:`partitioning.client_shard` gives this partition, computed on the fly.
+
+The Brain is built once per process and reused for every virtual client the process serves; a
+client's dataset exists only while it trains or evaluates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from app_records import from_record, to_record
+from cli import config_dir, set_threads
+
+logger = logging.getLogger("client")
+app = ClientApp()
+
+_BRAINS: dict[tuple, Any] = {}  # one model per process and config (Ray actors serve many nodes)
+_ROWS: dict[tuple, dict] = {}  # prepared rows of a shared corpus TSV, per process
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    trainer, cid = _trainer(context)
+    config = msg.content["config"]
+    trainer.check_tokenizer(str(config["tokenizer-sha256"]))
+    weights, samples, metrics = trainer.fit(
+        from_record(msg.content["arrays"]), rnd=int(config["round"]), epochs=int(config["epochs"])
+    )
+    content = RecordDict({
+        "arrays": to_record(weights),
+        "metrics": MetricRecord({"num-examples": samples, **metrics}),
+        "info": ConfigRecord({"cid": cid, "tokenizer-sha256": trainer.tokenizer_sha256}),
+    })
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    trainer, cid = _trainer(context)
+    trainer.check_tokenizer(str(msg.content["config"]["tokenizer-sha256"]))
+    loss, samples, metrics = trainer.evaluate(from_record(msg.content["arrays"]))
+    content = RecordDict({
+        "metrics": MetricRecord({"num-examples": samples, "loss": loss, **metrics}),
+        "info": ConfigRecord({"cid": cid}),
+    })
+    return Message(content=content, reply_to=msg)
+
+
+def _trainer(context: Context):
+    """This node's trainer: the process's shared Brain with this node's data."""
+    from brain import datasets_for, prepare_splits
+    from local_training import LocalTrainer
+
+    rc, node = context.run_config, context.node_config
+    config_file = config_dir(str(rc["config-path"])) / str(rc["config-file"])
+    save_path = Path(str(rc["save-path"]))
+    tokenizer = str(rc["tokenizer-path"])
+    seed = int(rc["seed"])
+    threads = int(rc["num-threads"])
+    key = (str(config_file), tokenizer, seed)
+    brain = _BRAINS.get(key)
+    if brain is None:
+        from brain import build_brain
+
+        set_threads(threads)
+        brain = build_brain(config_file, output_folder=save_path / "clients" / "model",
+                            tokenizer_source=tokenizer, overrides={"seed": seed})
+        _BRAINS[key] = brain
+
+    if "tr-path" in node:  # a real site: its own files
+        cid = str(node.get("cid", context.node_id))
+        data_path = str(node.get("data-path", rc["data-path"]))
+        tr_path = Path(str(node["tr-path"]))
+        train_tsv = tr_path / f"train_{cid}.tsv" if tr_path.is_dir() else tr_path
+        dev = node.get("dev-path", rc["dev-path"]) or None
+        brain.hparams.output_folder = str(save_path / f"client_{cid}")
+        sources: dict[str, Any] = prepare_splits(brain, data_path,
+                                                 {"train": train_tsv, "dev": dev})
+    else:  # a virtual client: a shard of the shared corpus
+        pid, num = int(node["partition-id"]), int(node["num-partitions"])
+        cid = str(pid)
+        sources = {
+            "train": _shard(brain, str(rc["data-path"]), str(rc["tr-path"]), pid, num,
+                            by=str(rc["partition-by"]), seed=seed,
+                            samples=int(rc["samples-per-client"])),
+        }
+        dev = str(rc["dev-path"]) or None
+        if dev:
+            sources["dev"] = _corpus(brain, str(rc["data-path"]), dev)
+    trainer = LocalTrainer(cid, brain, datasets_for(brain, sources))
+    return trainer, cid
+
+
+def _corpus(brain, data_path: str, tsv: str) -> dict:
+    """All prepared rows of a TSV shared by the virtual clients (prepared once per process)."""
+    from audio_data import load_csv_rows
+    from brain import prepare_splits
+
+    key = (data_path, tsv)
+    if key not in _ROWS:  # named by the TSV: processes preparing the same one share the file
+        name = "corpus_" + hashlib.sha256(f"{data_path}|{tsv}".encode()).hexdigest()[:12]
+        csv_file = prepare_splits(brain, data_path, {name: tsv})[name]
+        _ROWS[key] = load_csv_rows(csv_file)
+    return _ROWS[key]
+
+
+def _shard(brain, data_path: str, tsv: str, pid: int, num: int, **how) -> dict:
+    from partitioning import client_shard
+
+    rows = _corpus(brain, data_path, tsv)
+    records = [{"id": k, **v} for k, v in rows.items()]
+    shard = client_shard(records, pid, num, key="spk_id", **how)
+    logger.info("virtual client %d of %d: %d utterances", pid, num, len(shard))
+    return {r["id"]: rows[r["id"]] for r in shard}
