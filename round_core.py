@@ -159,12 +159,12 @@ class RoundCore:
             coefficients = aggregation_coefficients(values, self.weight_strategy)
             for (name, update), c in zip(candidates, coefficients, strict=True):
                 problem, arrays = self._decode(update)
-                if problem is not None:
+                if problem is None:
+                    total.add(arrays, c)
+                    kept.append((name, update, float(c)))
+                else:
                     rejected[name] = problem
-                    continue
-                total.add(arrays, c)
-                kept.append((name, update, float(c)))
-                del arrays  # one decoded update at a time
+                del arrays  # one decoded update at a time, a refused one too
         for name, problem in rejected.items():
             logger.warning("round %d: rejected client %s: %s", rnd, name, problem)
         row["rejected"] = rejected
