@@ -49,6 +49,9 @@ def aggregation_coefficients(values: Sequence[float], weight_strategy: str) -> n
     return softmax(-np.minimum(v, 100.0))
 
 
+_CHUNK = 1 << 18  # elements of a layer weighted and added at a time (2 MB in float64)
+
+
 class WeightedSum:
     """Running sum of c_k * w_k in float64, one update at a time.
 
@@ -67,8 +70,17 @@ class WeightedSum:
         if self._acc is None:
             self._dtypes = [layer.dtype for layer in update]
             self._acc = [np.zeros(layer.shape, dtype=np.float64) for layer in update]
+        shapes = [layer.shape for layer in update]
+        if shapes != [acc.shape for acc in self._acc]:  # checked before anything is added
+            raise ValueError(f"layers of shapes {shapes} added to a sum of other shapes")
         for acc, layer in zip(self._acc, update, strict=True):
-            acc += c * layer.astype(np.float64, copy=False)
+            # c * w in float64 a slice at a time: the temporaries stay a few MB however large the
+            # layer (a whole-layer ``c * w.astype(float64)`` held two float64 copies of it)
+            flat_acc, flat = acc.reshape(-1), np.ravel(layer)
+            for start in range(0, flat.size, _CHUNK):
+                part = flat[start:start + _CHUNK].astype(np.float64)
+                part *= c
+                flat_acc[start:start + _CHUNK] += part
         self.total += c
 
     def result(self) -> NDArrays:

@@ -103,6 +103,8 @@ class RoundCore:
             default=math.inf,
         )
         self._started: dict[int, float] = {}
+        # example-weighted metrics of the updates kept by the last :meth:`aggregate` ({} if none)
+        self.fit_metrics: dict[str, Any] = {}
 
     def round_number(self, server_round: int) -> int:
         """The global number of the transport's ``server_round`` (1-based)."""
@@ -128,6 +130,7 @@ class RoundCore:
         Updates are summed in a fixed order (by client name), so equal seeds give equal numbers
         whatever order the answers arrived in.
         """
+        self.fit_metrics = {}
         row = self.row(rnd)
         row["failures"] = failures
         row["failed_clients"] = sorted(failed)
@@ -159,12 +162,12 @@ class RoundCore:
             coefficients = aggregation_coefficients(values, self.weight_strategy)
             for (name, update), c in zip(candidates, coefficients, strict=True):
                 problem, arrays = self._decode(update)
-                if problem is not None:
+                if problem is None:
+                    total.add(arrays, c)
+                    kept.append((name, update, float(c)))
+                else:
                     rejected[name] = problem
-                    continue
-                total.add(arrays, c)
-                kept.append((name, update, float(c)))
-                del arrays  # one decoded update at a time
+                del arrays  # one decoded update at a time, a refused one too
         for name, problem in rejected.items():
             logger.warning("round %d: rejected client %s: %s", rnd, name, problem)
         row["rejected"] = rejected
@@ -176,6 +179,7 @@ class RoundCore:
         row["coefficients"] = {name: c / total.total for name, _, c in kept}
         aggregated = total.result()
         metrics = weighted_metrics([(u.num_examples, dict(u.metrics)) for _, u, _ in kept])
+        self.fit_metrics = metrics
         row["train_loss"] = metrics.get("train_loss")
         row["valid_wer"] = metrics.get("valid_wer")
         row["accepted"] = True

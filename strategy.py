@@ -110,8 +110,8 @@ class TrainAfterAggregateStrategy(FedAvg):
         aggregated = self.core.aggregate(rnd, updates, failed=failed, failures=len(failures))
         if aggregated is None:
             return None, {}
-        metrics = weighted_metrics([(res.num_examples, res.metrics) for _, res in results])
-        return ndarrays_to_parameters(aggregated), metrics
+        # the kept updates' metrics: a refused client's loss or sample count must not count
+        return ndarrays_to_parameters(aggregated), dict(self.core.fit_metrics)
 
     # ---- evaluation ----------------------------------------------------------------------------
     def evaluate(self, server_round, parameters):

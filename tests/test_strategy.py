@@ -1,239 +1,50 @@
-"""Tests for aggregate (the weighting math) and TrainAfterAggregateStrategy with constructed FitRes.
+"""Tests for TrainAfterAggregateStrategy, the legacy-Flower adapter over RoundCore.
 
-Expected numbers are literals worked out by hand (formula in the comment next to each), never the
-output of the function under test.
+Only what the adapter does: FitRes -> Update, clients named by their ``cid`` metric or Flower's
+node id, failures named, the legacy server's round numbers mapped to the run's, EvaluateRes ->
+Evaluation, the initial parameters taken from the core. What a round does is in
+test_round_core.py. Results are constructed FitRes / EvaluateRes from a minimal ClientProxy;
+expected numbers are literals worked out by hand.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 import pytest
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import (
+    Code,
+    EvaluateRes,
+    FitRes,
+    GetPropertiesRes,
+    Status,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 
-from aggregate import (
-    aggregation_coefficients,
-    l2_distance,
-    update_problem,
-    weighted_average,
-    weighted_metrics,
-)
+from round_core import RoundCore, RoundSink
 from strategy import TrainAfterAggregateStrategy
 
-# softmax of (0, -1): [1, e^-1] / (1 + e^-1), e^-1 = 0.36787944117144233
-SOFTMAX_0_M1 = [0.7310585786300049, 0.2689414213699951]
-# softmax of (0, -10): [1, e^-10] / (1 + e^-10), e^-10 = 4.5399929762484854e-05
-SOFTMAX_0_M10 = [0.9999546021312976, 4.5397868702434395e-05]
 
-
-# ---- weighted_metrics and l2_distance ----------------------------------------------------------
-def test_weighted_metrics_weights_by_examples_and_skips_non_numbers():
-    results = [
-        (10, {"wer": 20.0, "cid": "a", "x": math.nan}),
-        (30, {"wer": 40.0, "flag": True, "x": 2.0}),
-    ]
-    # wer = (10 * 20 + 30 * 40) / 40 = 35; x only from the finite value; strings and bools dropped
-    assert weighted_metrics(results) == {"wer": 35.0, "x": 2.0}
-    assert weighted_metrics([]) == {}
-
-
-def test_l2_distance_over_float_arrays_only():
-    a = [np.array([0.0, 0.0], dtype=np.float32), np.array(5, dtype=np.int64)]
-    b = [np.array([3.0, 4.0], dtype=np.float32), np.array(9, dtype=np.int64)]
-    assert l2_distance(a, b) == 5.0  # sqrt(3^2 + 4^2); the int64 counter is not a weight
-    assert l2_distance(a, a) == 0.0
-
-
-# ---- aggregation_coefficients --------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "values, strategy, expected",
-    [
-        ([10, 30], "num", [0.25, 0.75]),  # 10/40, 30/40
-        ([1, 1, 2], "num", [0.25, 0.25, 0.5]),  # 1/4, 1/4, 2/4
-        ([5, 0], "num", [1.0, 0.0]),  # a client with 0 samples gets weight 0
-        ([1.0, 2.0], "loss", SOFTMAX_0_M1),  # softmax(-1, -2) = softmax(0, -1)
-        ([1000.0, 1001.0], "loss", SOFTMAX_0_M1),  # shift-invariant; exp(-1000) underflows
-        ([10.0, 20.0], "wer", SOFTMAX_0_M10),  # softmax(-10, -20) = softmax(0, -10)
-        # softmax(-10, -20, -min(150, 100)) = [1, e^-10, e^-90] / (1 + e^-10 + e^-90)
-        ([10.0, 20.0, 150.0], "wer", [0.9999546021312976, 4.5397868702434395e-05,
-                                      8.193640633281264e-40]),
-        ([0.0, 0.0, 0.0], "wer", [1 / 3, 1 / 3, 1 / 3]),
-        # [1, e^-100] / (1 + e^-100), e^-100 = 3.720075976020836e-44
-        ([0.0, 100.0], "wer", [1.0, 3.720075976020836e-44]),
-        ([100.0, 250.0], "wer", [0.5, 0.5]),  # both clipped to 100
-    ],
-)
-def test_coefficients_hand_computed(values, strategy, expected):
-    c = aggregation_coefficients(values, strategy)
-    assert isinstance(c, np.ndarray) and c.dtype == np.float64
-    assert c.shape == (len(values),)
-    np.testing.assert_allclose(c, expected, rtol=1e-12, atol=0)
-    assert abs(c.sum() - 1.0) <= 1e-12
-    assert np.all(np.isfinite(c))
-
-
-@pytest.mark.parametrize("losses", [[0.5, 1.0, 3.0], [2.3, 2.1], [0.0, 10.0, 20.0, 7.5]])
-def test_loss_coefficients_equal_reference_formula(losses):
-    # the reference: w_k = exp(-L_k), normalised
-    raw = [math.exp(-v) for v in losses]
-    expected = [w / sum(raw) for w in raw]
-    np.testing.assert_allclose(aggregation_coefficients(losses, "loss"), expected, rtol=1e-12)
-
-
-@pytest.mark.parametrize("wers", [[10.0, 20.0, 35.5], [0.0, 100.0], [80.0, 99.0, 100.0, 42.0]])
-def test_wer_coefficients_equal_reference_formula(wers):
-    # the reference: w_k = exp(100 - WER_k), normalised (finite in float64 for WER in [0, 100])
-    raw = [math.exp(100.0 - v) for v in wers]
-    expected = [w / sum(raw) for w in raw]
-    np.testing.assert_allclose(aggregation_coefficients(wers, "wer"), expected, rtol=1e-12)
-
-
-@pytest.mark.parametrize("strategy, value", [("num", 7), ("loss", 1234.5), ("wer", 0.0),
-                                             ("wer", 500.0), ("loss", -3.0)])
-def test_single_client_gets_exactly_one(strategy, value):
-    c = aggregation_coefficients([value], strategy)
-    assert c.tolist() == [1.0]
-
-
-@pytest.mark.parametrize("strategy, value", [("num", 12), ("loss", 700.0), ("wer", 37.0)])
-def test_identical_clients_get_equal_coefficients(strategy, value):
-    c = aggregation_coefficients([value] * 4, strategy)
-    assert c.tolist() == [0.25, 0.25, 0.25, 0.25]
-
-
-def test_coefficients_sum_to_one_for_extremes():
-    cases = [([0.0, 1e6], "loss"), ([1e-300, 1e300], "loss"), ([0.0] * 50, "wer"),
-             ([1, 10**12], "num"), (list(range(1, 200)), "wer")]
-    for values, strategy in cases:
-        c = aggregation_coefficients(values, strategy)
-        assert c.dtype == np.float64
-        assert np.all(np.isfinite(c)) and np.all(c >= 0)
-        assert abs(c.sum() - 1.0) <= 1e-12, (values, strategy)
-
-
-@pytest.mark.parametrize(
-    "values, strategy",
-    [
-        ([1.0, 2.0], "median"),
-        ([1.0, 2.0], ""),
-        ([1.0, float("nan")], "loss"),
-        ([1.0, float("inf")], "loss"),
-        ([float("nan")], "wer"),
-        ([10.0, float("-inf")], "wer"),
-        ([10, float("nan")], "num"),
-        ([0, 0], "num"),
-        ([5, -5], "num"),
-        ([], "num"),
-        ([], "wer"),
-    ],
-)
-def test_coefficients_reject_bad_input(values, strategy):
-    with pytest.raises(ValueError):
-        aggregation_coefficients(values, strategy)
-
-
-# ---- weighted_average ----------------------------------------------------------------------------
 def f32(*values):
     return np.array(values, dtype=np.float32)
 
 
-def i64(*values):
-    return np.array(values, dtype=np.int64)
-
-
-def test_weighted_average_hand_computed():
-    a = [f32([1, 2], [3, 4]), np.array([1.0, -1.0])]
-    b = [f32([5, 6], [7, 8]), np.array([3.0, 1.0])]
-    out = weighted_average([a, b], [0.25, 0.75])
-    # 0.25*1 + 0.75*5 = 4, 0.5 + 4.5 = 5, 0.75 + 5.25 = 6, 1 + 6 = 7
-    assert out[0].dtype == np.float32 and out[0].shape == (2, 2)
-    assert np.array_equal(out[0], f32([4, 5], [6, 7]))
-    # float64 stays float64: 0.25*1 + 0.75*3 = 2.5, -0.25 + 0.75 = 0.5
-    assert out[1].dtype == np.float64
-    assert np.array_equal(out[1], np.array([2.5, 0.5]))
-    # inputs untouched
-    assert np.array_equal(a[0], f32([1, 2], [3, 4])) and np.array_equal(b[1], [3.0, 1.0])
-
-
-@pytest.mark.parametrize(
-    "x, y, coefficients, expected",
-    [
-        (3, 6, [2 / 3, 1 / 3], 4),  # 2 + 2 = 4 (a float sum just under 4 must not truncate to 3)
-        (3, 4, [0.5, 0.5], 4),  # 3.5 -> 4
-        (10, 1, [0.3, 0.7], 4),  # 3 + 0.7 = 3.7 -> 4 (truncation would give 3)
-        (10, 21, [0.25, 0.75], 18),  # 2.5 + 15.75 = 18.25 -> 18
-        (100, 0, [0.999, 0.001], 100),  # 99.9 -> 100
-    ],
-)
-def test_weighted_average_rounds_integer_layers(x, y, coefficients, expected):
-    out = weighted_average([[i64(x)], [i64(y)]], coefficients)
-    assert out[0].dtype == np.int64
-    assert out[0].tolist() == [expected]
-
-
-def test_weighted_average_accumulates_in_float64():
-    # 0.25*1e8 + 0.5*1 + 0.25*(-1e8) = 0.5; in float32, 2.5e7 + 0.5 rounds to 2.5e7 and gives 0
-    layers = [[f32(1e8)], [f32(1.0)], [f32(-1e8)]]
-    out = weighted_average(layers, [0.25, 0.5, 0.25])
-    assert out[0].dtype == np.float32
-    assert out[0].tolist() == [0.5]
-
-
-def test_weighted_average_single_update_is_identity():
-    w = [f32(0.1, 0.2, 0.3), i64(7)]
-    out = weighted_average([w], [1.0])
-    assert np.array_equal(out[0], w[0]) and out[0].dtype == np.float32
-    assert out[1].tolist() == [7]
-
-
-def test_weighted_average_errors():
-    with pytest.raises(ValueError):
-        weighted_average([], [])
-    with pytest.raises(ValueError):
-        weighted_average([[f32(1)], [f32(2)]], [1.0])
-
-
-# ---- update_problem ------------------------------------------------------------------------------
-REF = [np.zeros((2, 3), np.float32), np.zeros(2, np.float32), np.array(0, np.int64)]
-
-
-def test_update_problem_none_for_good_update():
-    good = [np.ones((2, 3), np.float32), f32(1, 2), np.array(5, np.int64)]
-    assert update_problem(good, REF) is None
-    assert update_problem(good, None) is None
-
-
-@pytest.mark.parametrize(
-    "update, fragment",
-    [
-        ([np.zeros((2, 3), np.float32), f32(1, 2)], "2 arrays instead of 3"),
-        ([np.zeros((3, 2), np.float32), f32(1, 2), np.array(0)], "array 0 has shape"),
-        ([np.zeros((2, 3), np.float32), f32(1, 2, 3), np.array(0)], "array 1 has shape"),
-        ([np.zeros((2, 3), np.float64), f32(1, 2), np.array(0)], "array 0 has dtype float64"),
-        ([np.zeros((2, 3), np.float32), f32(1, 2), np.array(0.0, np.float32)],
-         "array 2 has dtype float32"),
-        ([np.zeros((2, 3), np.float32), f32(1, np.nan), np.array(0)], "array 1 contains NaN"),
-        ([np.zeros((2, 3), np.float32), f32(np.inf, 1), np.array(0)], "1 contains NaN or Inf"),
-        ([np.full((2, 3), -np.inf, np.float32), f32(1, 2), np.array(0)], "array 0 contains"),
-    ],
-)
-def test_update_problem_messages(update, fragment):
-    problem = update_problem(update, REF)
-    assert problem is not None and fragment in problem
-
-
-def test_update_problem_nan_without_reference():
-    assert "NaN" in update_problem([f32(np.nan)], None)
-
-
-# ---- strategy with constructed results -----------------------------------------------------------
 class Proxy(ClientProxy):
-    """Flower's node; only ``cid`` is used by the strategy."""
+    """Flower's node; the strategy uses ``cid`` and asks ``get_properties`` for the client's id."""
+
+    def __init__(self, cid: str, own_id: str | None = None):
+        super().__init__(cid)
+        self.own_id = own_id
 
     def get_properties(self, ins, timeout, group_id):
-        raise NotImplementedError
+        if self.own_id is None:
+            raise NotImplementedError  # an old client: named by its node id
+        return GetPropertiesRes(status=Status(Code.OK, ""), properties={"cid": self.own_id})
 
     def get_parameters(self, ins, timeout, group_id):
         raise NotImplementedError
@@ -248,6 +59,37 @@ class Proxy(ClientProxy):
         raise NotImplementedError
 
 
+class RecordingSink(RoundSink):
+    def __init__(self):
+        self.rounds: list[tuple[int, bool]] = []  # (round, model saved)
+        self.best: list[int] = []
+
+    def save_round(self, rnd, weights, history):
+        self.rounds.append((rnd, weights is not None))
+
+    def save_best(self, rnd, weights):
+        self.best.append(rnd)
+
+
+class SpyCore(RoundCore):
+    """A real core that also keeps what the adapter handed to it."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("initial_weights", GLOBAL)
+        kwargs.setdefault("sink", RecordingSink())
+        super().__init__(**kwargs)
+        self.calls: list[tuple[int, list, list[str], int]] = []
+        self.evaluations: list[tuple[int, list]] = []
+
+    def aggregate(self, rnd, updates, failed=(), failures=0):
+        self.calls.append((rnd, list(updates), list(failed), failures))
+        return super().aggregate(rnd, updates, failed=failed, failures=failures)
+
+    def record_client_evaluation(self, rnd, evaluations):
+        self.evaluations.append((rnd, list(evaluations)))
+        return super().record_client_evaluation(rnd, evaluations)
+
+
 GLOBAL = [f32(0, 0), np.array(0, np.int64)]
 # client a: 10 examples, train_loss 1, valid_wer 10; client b: 30 examples, loss 2, WER 20
 A = [f32(1, 2), np.array(10, np.int64)]
@@ -259,18 +101,18 @@ def fit_res(arrays, n, code=Code.OK, **metrics) -> FitRes:
                   num_examples=n, metrics=metrics)
 
 
-def two_clients(a_arrays=None, b_arrays=None, a_metrics=None, b_metrics=None):
+def eval_res(n, loss, **metrics) -> EvaluateRes:
+    return EvaluateRes(status=Status(Code.OK, ""), loss=loss, num_examples=n, metrics=metrics)
+
+
+def two_clients(a_metrics=None, b_metrics=None, a_n=10):
     am = {"cid": "a", "train_loss": 1.0, "valid_wer": 10.0, **(a_metrics or {})}
     bm = {"cid": "b", "train_loss": 2.0, "valid_wer": 20.0, **(b_metrics or {})}
-    return [
-        (Proxy("node-1"), fit_res(A if a_arrays is None else a_arrays, 10, **am)),
-        (Proxy("node-2"), fit_res(B if b_arrays is None else b_arrays, 30, **bm)),
-    ]
+    return [(Proxy("node-1"), fit_res(A, a_n, **am)), (Proxy("node-2"), fit_res(B, 30, **bm))]
 
 
-def make_strategy(**kwargs) -> TrainAfterAggregateStrategy:
-    kwargs.setdefault("initial_parameters", ndarrays_to_parameters(GLOBAL))
-    return TrainAfterAggregateStrategy(**kwargs)
+def make_strategy(core=None, **kwargs) -> TrainAfterAggregateStrategy:
+    return TrainAfterAggregateStrategy(core or SpyCore(), **kwargs)
 
 
 def arrays_of(params):
@@ -278,257 +120,220 @@ def arrays_of(params):
     return parameters_to_ndarrays(params)
 
 
-@pytest.mark.parametrize(
-    "weighting, coefficients, expected_float, expected_int",
-    [
-        # c = [10, 30] / 40 = [0.25, 0.75]; [0.25 + 3.75, 0.5 + 4.5]; 2.5 + 15.75 = 18.25 -> 18
-        ("num", [0.25, 0.75], [4.0, 5.0], 18),
-        # c = softmax(-1, -2) = [0.7310585786300049, 0.2689414213699951]
-        # [1 c0 + 5 c1, 2 c0 + 6 c1] = [2.0757656854799804, 3.0757656854799804]
-        # 10 c0 + 21 c1 = 12.958355635069946 -> 13
-        ("loss", SOFTMAX_0_M1, [2.0757656854799804, 3.0757656854799804], 13),
-        # c = softmax(-10, -20) = [0.9999546021312976, 4.5397868702434395e-05]
-        # [1 + 4 c1, 2 + 4 c1] = [1.000181591474810, 2.000181591474810]; 10 + 11 c1 -> 10
-        ("wer", SOFTMAX_0_M10, [1.0001815914748098, 2.00018159147481], 10),
-    ],
-)
-def test_aggregate_fit_weightings(weighting, coefficients, expected_float, expected_int):
-    strategy = make_strategy(weight_strategy=weighting)
-    params, metrics = strategy.aggregate_fit(1, two_clients(), [])
+# ---- construction --------------------------------------------------------------------------------
+def test_initial_parameters_and_accept_failures_come_from_the_core():
+    core = SpyCore(accept_failures=False)
+    strategy = make_strategy(core)
+
+    params = strategy.initialize_parameters(SimpleClientManager())
+
     out = arrays_of(params)
-    assert len(out) == 2
-    assert out[0].dtype == np.float32 and out[1].dtype == np.int64
-    np.testing.assert_allclose(out[0], expected_float, rtol=1e-6)
-    assert out[1].tolist() == expected_int
-    # example-weighted metrics: loss (10*1 + 30*2)/40 = 1.75, WER (10*10 + 30*20)/40 = 17.5
-    assert metrics["train_loss"] == pytest.approx(1.75, abs=1e-12)
-    assert metrics["valid_wer"] == pytest.approx(17.5, abs=1e-12)
-    row = strategy.history[-1]
-    assert row["round"] == 1
-    assert row["accepted"] is True
-    assert row["rejected"] == {}
-    assert row["clients"] == ["a", "b"]
-    assert list(row["coefficients"]) == ["a", "b"]  # the clients' own cid, not node ids
-    np.testing.assert_allclose([row["coefficients"]["a"], row["coefficients"]["b"]],
-                               coefficients, rtol=1e-12)
-    assert row["train_loss"] == pytest.approx(1.75) and row["valid_wer"] == pytest.approx(17.5)
-    assert row["failures"] == 0
-    # the new global model is what later updates are checked against
-    assert np.array_equal(strategy.global_weights[0], out[0])
+    assert out[0].tolist() == [0.0, 0.0] and out[0].dtype == np.float32
+    assert out[1].tolist() == 0 and out[1].dtype == np.int64
+    assert strategy.accept_failures is False
+    assert "num" in repr(strategy)
 
 
-def test_client_without_cid_metric_is_named_by_node_id():
-    results = [(Proxy("node-9"), fit_res(A, 10, train_loss=1.0))]
-    strategy = make_strategy(min_fit_clients=1)
-    strategy.aggregate_fit(1, results, [])
-    assert strategy.history[-1]["coefficients"] == {"node-9": 1.0}
+# ---- fit: FitRes -> Update -----------------------------------------------------------------------
+def test_fit_results_become_updates():
+    core = SpyCore()
+    strategy = make_strategy(core)
+    results = two_clients(a_metrics={"tokenizer_sha256": "abc"})
 
+    params, metrics = strategy.aggregate_fit(1, results, [])
 
-def test_nan_wer_client_excluded_under_wer_weighting():
-    strategy = make_strategy(weight_strategy="wer")
-    params, metrics = strategy.aggregate_fit(1, two_clients(a_metrics={"valid_wer": math.nan}),
-                                             [])
-    out = arrays_of(params)
-    assert out[0].tolist() == [5.0, 6.0] and out[1].tolist() == 21  # b alone (coefficient 1)
-    row = strategy.history[-1]
-    assert list(row["rejected"]) == ["a"] and "valid_wer" in row["rejected"]["a"]
-    assert row["coefficients"] == {"b": 1.0}
-    assert metrics["valid_wer"] == 20.0 and metrics["train_loss"] == 2.0
-
-
-def test_missing_loss_metric_rejected_under_loss_weighting():
-    results = two_clients()
-    del results[1][1].metrics["train_loss"]
-    strategy = make_strategy(weight_strategy="loss")
-    params, _ = strategy.aggregate_fit(1, results, [])
-    assert arrays_of(params)[0].tolist() == [1.0, 2.0]
-    assert list(strategy.history[-1]["rejected"]) == ["b"]
-
-
-@pytest.mark.parametrize(
-    "bad, reason",
-    [
-        ([f32(np.nan, 2), np.array(10, np.int64)], "NaN"),
-        ([f32(1, np.inf), np.array(10, np.int64)], "Inf"),
-        ([f32(1, 2)], "1 arrays instead of 2"),
-        ([f32(1, 2), np.array(10, np.int64), f32(3)], "3 arrays instead of 2"),
-        ([f32(1, 2, 3), np.array(10, np.int64)], "shape"),
-        ([np.array([1.0, 2.0]), np.array(10, np.int64)], "dtype"),
-    ],
-)
-def test_bad_update_rejected_under_num(bad, reason):
-    strategy = make_strategy(weight_strategy="num")
-    params, _ = strategy.aggregate_fit(1, two_clients(a_arrays=bad), [])
-    out = arrays_of(params)
-    assert out[0].tolist() == [5.0, 6.0] and out[1].tolist() == 21
-    row = strategy.history[-1]
-    assert list(row["rejected"]) == ["a"] and reason in row["rejected"]["a"]
-    assert row["clients"] == ["b"] and row["coefficients"] == {"b": 1.0}
-
-
-def test_undecodable_parameters_rejected():
-    results = two_clients()
-    results[0][1].parameters.tensors[0] = b"not an npy file"
-    strategy = make_strategy()
-    params, _ = strategy.aggregate_fit(1, results, [])
-    assert arrays_of(params)[0].tolist() == [5.0, 6.0]
-    assert "undecodable" in strategy.history[-1]["rejected"]["a"]
-
-
-def test_tokenizer_mismatch_rejected():
-    strategy = make_strategy(tokenizer_sha256="abc")
-    results = two_clients(a_metrics={"tokenizer_sha256": "abc"},
-                          b_metrics={"tokenizer_sha256": "def"})
-    results.append((Proxy("node-3"), fit_res(B, 30, cid="c")))  # no hash reported at all
-    params, _ = strategy.aggregate_fit(1, results, [])
-    assert arrays_of(params)[0].tolist() == [1.0, 2.0]  # a alone
-    row = strategy.history[-1]
-    assert sorted(row["rejected"]) == ["b", "c"]
-    assert "tokenizer" in row["rejected"]["b"]
-    assert row["coefficients"] == {"a": 1.0}
-
-
-def test_all_rejected_keeps_global_model():
-    strategy = make_strategy(tokenizer_sha256="abc")
-    assert strategy.aggregate_fit(1, two_clients(), []) == (None, {})
-    row = strategy.history[-1]
-    assert row["accepted"] is False and sorted(row["rejected"]) == ["a", "b"]
-    assert "coefficients" not in row
-    assert strategy.global_weights[0].tolist() == [0.0, 0.0]
-    assert strategy.global_weights[1].tolist() == 0
-
-
-def test_failures_not_accepted():
-    strategy = make_strategy(accept_failures=False)
-    failure = (Proxy("node-3"), fit_res(A, 10, code=Code.FIT_NOT_IMPLEMENTED, cid="c"))
-    assert strategy.aggregate_fit(1, two_clients(), [failure]) == (None, {})
-    row = strategy.history[-1]
-    assert row["failures"] == 1 and row["accepted"] is False
-    assert strategy.global_weights[0].tolist() == [0.0, 0.0]
-
-
-def test_failures_accepted_by_default():
-    strategy = make_strategy()
-    params, _ = strategy.aggregate_fit(1, two_clients(), [RuntimeError("connection lost")])
-    assert arrays_of(params)[0].tolist() == [4.0, 5.0]
-    assert strategy.history[-1]["failures"] == 1
-
-
-def test_server_train_fn_result_is_returned():
-    calls = []
-
-    def server_train(arrays, rnd):
-        calls.append(([a.copy() for a in arrays], rnd))
-        return [arrays[0] + np.float32(0.5), arrays[1] + 1]
-
-    strategy = make_strategy(server_train_fn=server_train)
-    params, metrics = strategy.aggregate_fit(1, two_clients(), [])
-    assert len(calls) == 1
-    got, rnd = calls[0]
-    assert rnd == 1
-    assert got[0].tolist() == [4.0, 5.0] and got[1].tolist() == 18  # the num-weighted average
-    out = arrays_of(params)
-    assert out[0].tolist() == [4.5, 5.5] and out[0].dtype == np.float32
-    assert out[1].tolist() == 19 and out[1].dtype == np.int64
-    assert strategy.global_weights[0].tolist() == [4.5, 5.5]
-    assert metrics["train_loss"] == pytest.approx(1.75)
-    row = strategy.history[-1]
-    assert "server_train_seconds" in row
-    # distance over float layers only: sqrt(0.5^2 + 0.5^2) = sqrt(0.5)
-    assert row["server_train_delta"] == pytest.approx(0.7071067811865476, rel=1e-12)
-
-
-@pytest.mark.parametrize(
-    "trained",
-    [
-        [f32(np.nan, 1), np.array(1, np.int64)],
-        [f32(1, 2, 3), np.array(1, np.int64)],
-        [f32(1, 2)],
-    ],
-)
-def test_bad_server_train_result_dropped(trained):
-    strategy = make_strategy(server_train_fn=lambda arrays, rnd: trained)
-    params, _ = strategy.aggregate_fit(1, two_clients(), [])
+    rnd, updates, failed, failures = core.calls[0]
+    assert rnd == 1 and failed == [] and failures == 0
+    a, b = updates
+    assert (a.client, a.node, a.num_examples) == ("a", "node-1", 10)
+    assert (b.client, b.node, b.num_examples) == ("b", "node-2", 30)
+    assert a.metrics["train_loss"] == 1.0 and b.metrics["valid_wer"] == 20.0
+    assert a.tokenizer_sha256 == "abc" and b.tokenizer_sha256 is None
+    decoded = a.decode()
+    assert decoded[0].tolist() == [1.0, 2.0] and decoded[1].tolist() == 10
+    # the core's num-weighted average: [0.25*1 + 0.75*5, 0.25*2 + 0.75*6] = [4, 5]; 18.25 -> 18
     out = arrays_of(params)
     assert out[0].tolist() == [4.0, 5.0] and out[1].tolist() == 18
-    assert strategy.global_weights[0].tolist() == [4.0, 5.0]
-    assert "server_train_delta" not in strategy.history[-1]
+    # example-weighted: loss (10*1 + 30*2)/40 = 1.75, WER (10*10 + 30*20)/40 = 17.5
+    assert metrics == pytest.approx({"train_loss": 1.75, "valid_wer": 17.5}, abs=1e-12)
 
 
-def test_start_round_offsets_round_numbers():
-    rounds = []
-    strategy = make_strategy(start_round=3,
-                             server_train_fn=lambda arrays, rnd: rounds.append(rnd) or arrays)
-    strategy.aggregate_fit(1, two_clients(), [])
-    assert rounds == [4]
-    assert strategy.history[-1]["round"] == 4
-    assert [row["round"] for row in strategy.history] == [4]
-
-
-def test_evaluate_records_test_metrics_and_calls_on_round_end():
-    seen_eval = []
-    ends = []
-
-    def evaluate_fn(rnd, arrays, config):
-        seen_eval.append((rnd, [a.copy() for a in arrays]))
-        return 0.5, {"wer": 12.0, "cer": 3.0}
-
-    def on_round_end(rnd, arrays, history):
-        ends.append((rnd, arrays, [dict(row) for row in history]))
-
-    fresh = make_strategy(evaluate_fn=evaluate_fn, on_round_end=on_round_end)
-    # round 0 (initial model): evaluated, but no history row and no round end
-    assert fresh.evaluate(0, ndarrays_to_parameters(GLOBAL)) == (0.5, {"wer": 12.0, "cer": 3.0})
-    assert fresh.history == [] and ends == []
-    assert seen_eval[0][0] == 0
-
-    strategy = make_strategy(evaluate_fn=evaluate_fn, on_round_end=on_round_end, start_round=2)
-    # a resumed run does not evaluate its starting model again
-    assert strategy.evaluate(0, ndarrays_to_parameters(GLOBAL)) is None
-    assert len(seen_eval) == 1
-
-    params, _ = strategy.aggregate_fit(1, two_clients(), [])
-    assert strategy.evaluate(1, params) == (0.5, {"wer": 12.0, "cer": 3.0})
-    assert seen_eval[1][0] == 3
-    assert seen_eval[1][1][0].tolist() == [4.0, 5.0]
-    assert len(ends) == 1
-    rnd, arrays, history = ends[0]
-    assert rnd == 3
-    assert arrays[0].tolist() == [4.0, 5.0] and arrays[1].tolist() == 18
-    assert len(history) == 1
-    row = history[0]
-    assert row["round"] == 3
-    assert row["test_loss"] == 0.5 and row["test_wer"] == 12.0 and row["test_cer"] == 3.0
-    assert isinstance(row["seconds"], float) and row["seconds"] >= 0
-    assert row["coefficients"] == {"a": 0.25, "b": 0.75}
-
-
-def test_unknown_weight_strategy_rejected():
-    with pytest.raises(ValueError, match="median"):
-        TrainAfterAggregateStrategy(weight_strategy="median")
-
-
-@pytest.mark.parametrize("weighting, n_a", [("num", 0), ("num", -10), ("loss", -10)])
-def test_non_positive_sample_count_rejected(weighting, n_a):
-    """A client claiming 0 (under num) or negative samples is rejected, not a crashed round."""
-    strategy = make_strategy(weight_strategy=weighting)
+def test_undecodable_parameters_rejected_not_raised():
     results = two_clients()
-    results[0] = (results[0][0], fit_res(A, n_a, cid="a", train_loss=1.0, valid_wer=10.0))
+    results[0][1].parameters.tensors[0] = b"not an npy file"
+    core = SpyCore()
+    strategy = make_strategy(core)
+
     params, _ = strategy.aggregate_fit(1, results, [])
-    assert "num_examples" in strategy.history[-1]["rejected"]["a"]
-    np.testing.assert_array_equal(arrays_of(params)[0], B[0])  # b alone: coefficient 1
+
+    assert arrays_of(params)[0].tolist() == [5.0, 6.0]
+    assert core.history[-1]["rejected"]["a"].startswith("undecodable parameters")
+
+
+def test_returned_metrics_are_the_kept_clients_only():
+    # a is refused for its NaN WER: its train_loss 1 must not pull b's 2 down to 1.75
+    core = SpyCore(weight_strategy="wer")
+    strategy = make_strategy(core)
+
+    params, metrics = strategy.aggregate_fit(1, two_clients(a_metrics={"valid_wer": math.nan}),
+                                             [])
+
+    assert arrays_of(params)[0].tolist() == [5.0, 6.0]
+    assert metrics == {"train_loss": 2.0, "valid_wer": 20.0}
+
+
+def test_returned_metrics_ignore_a_client_with_negative_samples():
+    # with a's -10 examples counted, loss would be (-10*1 + 30*2)/20 = 2.5
+    strategy = make_strategy()
+
+    _, metrics = strategy.aggregate_fit(1, two_clients(a_n=-10), [])
+
+    assert metrics == {"train_loss": 2.0, "valid_wer": 20.0}
+
+
+def test_kept_model_returns_no_parameters():
+    strategy = make_strategy(SpyCore(tokenizer_sha256="abc"))
+
+    assert strategy.aggregate_fit(1, two_clients(), []) == (None, {})
+
+
+# ---- names ---------------------------------------------------------------------------------------
+def test_client_named_by_cid_metric_else_node_id():
+    core = SpyCore()
+    strategy = make_strategy(core)
+    results = [(Proxy("node-1"), fit_res(A, 10, cid=7)),
+               (Proxy("node-9"), fit_res(B, 30, train_loss=1.0))]
+
+    strategy.aggregate_fit(1, results, [])
+
+    assert [u.client for u in core.calls[0][1]] == ["7", "node-9"]
+    assert core.history[-1]["coefficients"] == {"7": 0.25, "node-9": 0.75}
 
 
 def test_duplicate_client_ids_kept_apart():
+    core = SpyCore()
+    strategy = make_strategy(core)
+
+    strategy.aggregate_fit(1, two_clients(b_metrics={"cid": "a"}), [])
+
+    assert core.history[-1]["coefficients"] == {"a": 0.25, "a@node-2": 0.75}
+
+
+def test_clients_asked_but_silent_are_named_as_failed():
+    # arrange: three connected clients; node-3 tells its id when asked, node-4 cannot
+    core = SpyCore()
+    strategy = make_strategy(core, min_fit_clients=3, min_available_clients=3)
+    manager = SimpleClientManager()
+    proxies = [Proxy("node-1", "a"), Proxy("node-2", "b"), Proxy("node-3", "c"), Proxy("node-4")]
+    for proxy in proxies:
+        manager.register(proxy)
+    instructions = strategy.configure_fit(1, ndarrays_to_parameters(GLOBAL), manager)
+    assert sorted(proxy.cid for proxy, _ in instructions) == ["node-1", "node-2", "node-3",
+                                                              "node-4"]
+    # act: only a and b answer
+    strategy.aggregate_fit(1, two_clients(), [RuntimeError("gone"), RuntimeError("gone")])
+    # assert
+    assert sorted(core.calls[0][2]) == ["c", "node-4"] and core.calls[0][3] == 2
+    row = core.history[-1]
+    assert row["failed_clients"] == ["c", "node-4"] and row["failures"] == 2
+
+
+def test_failures_described_in_the_log(caplog):
     strategy = make_strategy()
-    results = two_clients(b_metrics={"cid": "a"})
-    strategy.aggregate_fit(1, results, [])
-    assert set(strategy.history[-1]["coefficients"]) == {"a", "a@node-2"}
+    refused = (Proxy("node-3"), fit_res(A, 10, code=Code.FIT_NOT_IMPLEMENTED, cid="c"))
+
+    with caplog.at_level(logging.WARNING, logger="strategy"):
+        strategy.aggregate_fit(1, two_clients(), [refused, ConnectionError()])
+
+    text = caplog.text
+    assert "client c returned status FIT_NOT_IMPLEMENTED" in text
+    assert "ConnectionError: connection closed" in text
 
 
-def test_round_with_fewer_answers_than_min_fit_clients_is_not_used():
-    strategy = make_strategy(min_fit_clients=3)
-    params, metrics = strategy.aggregate_fit(1, two_clients(), [RuntimeError("client died")])
-    assert params is None and metrics == {}
-    assert strategy.history[-1]["accepted"] is False
-    assert strategy.history[-1]["failures"] == 1
+def test_failures_not_accepted_keep_the_model():
+    core = SpyCore(accept_failures=False)
+    strategy = make_strategy(core)
+
+    assert strategy.aggregate_fit(1, two_clients(), [RuntimeError("lost")]) == (None, {})
+    assert core.calls[0][3] == 1
+    assert core.history[-1]["accepted"] is False
+
+
+# ---- legacy round numbers ------------------------------------------------------------------------
+def test_resumed_run_numbers_legacy_rounds_after_its_history():
+    seen = []
+    sink = RecordingSink()
+    core = SpyCore(history=[{"round": 1}, {"round": 2}, {"round": 3}], sink=sink,
+                   evaluate=lambda arrays, rnd: seen.append(rnd) or (0.5, {"wer": 12.0}))
+    configs = []
+    strategy = make_strategy(core, min_fit_clients=1, min_evaluate_clients=1,
+                             min_available_clients=1,
+                             on_fit_config_fn=lambda rnd: configs.append(rnd) or {},
+                             on_evaluate_config_fn=lambda rnd: configs.append(rnd) or {})
+    manager = SimpleClientManager()
+    manager.register(Proxy("node-1", "a"))
+    params = ndarrays_to_parameters(GLOBAL)
+
+    # a resumed run does not evaluate its starting model again
+    assert strategy.evaluate(0, params) is None
+    strategy.configure_fit(1, params, manager)
+    fit_params, _ = strategy.aggregate_fit(1, two_clients(), [])
+    assert strategy.evaluate(1, fit_params) == (0.5, {"wer": 12.0})
+    strategy.configure_evaluate(1, fit_params, manager)
+
+    assert configs == [4, 4]  # the clients' config functions see the run's round
+    assert seen == [4]
+    assert core.calls[0][0] == 4
+    assert [row["round"] for row in core.history] == [1, 2, 3, 4]
+    assert core.history[-1]["test_wer"] == 12.0
+    assert sink.rounds == [(4, True)]
+
+
+def test_fresh_run_evaluates_its_initial_model_without_a_round():
+    seen = []
+    sink = RecordingSink()
+    core = SpyCore(sink=sink, evaluate=lambda arrays, rnd: seen.append(rnd) or (0.5, {}))
+    strategy = make_strategy(core)
+
+    assert strategy.evaluate(0, ndarrays_to_parameters(GLOBAL)) == (0.5, {})
+
+    assert seen == [0] and core.history == [] and sink.rounds == []
+
+
+# ---- evaluation: EvaluateRes -> Evaluation -------------------------------------------------------
+def test_aggregate_evaluate_records_the_clients_evaluation():
+    sink = RecordingSink()
+    core = SpyCore(sink=sink, history=[{"round": 1}])
+    strategy = make_strategy(core)
+    results = [(Proxy("node-1"), eval_res(10, 1.0, wer=20.0, cid="a")),
+               (Proxy("node-2"), eval_res(30, 2.0, wer=40.0))]
+
+    loss, metrics = strategy.aggregate_evaluate(1, results, [])
+
+    # loss (10*1 + 30*2)/40 = 1.75; WER (10*20 + 30*40)/40 = 35
+    assert loss == 1.75 and metrics == {"wer": 35.0}
+    rnd, evaluations = core.evaluations[0]
+    assert rnd == 2
+    assert [(e.client, e.num_examples, e.loss) for e in evaluations] == [("a", 10, 1.0),
+                                                                        ("node-2", 30, 2.0)]
+    row = core.history[-1]
+    assert row["round"] == 2 and row["client_eval_wer"] == 35.0 and row["best"] is True
+    assert sink.best == [2]
+    assert sink.rounds == [(2, False)]  # the history again, not the model
+
+
+def test_aggregate_evaluate_with_failures_not_accepted_records_nothing():
+    core = SpyCore(accept_failures=False)
+    strategy = make_strategy(core)
+    results = [(Proxy("node-1"), eval_res(10, 1.0, wer=20.0))]
+
+    assert strategy.aggregate_evaluate(1, results, [RuntimeError("lost")]) == (None, {})
+    assert core.evaluations == [] and core.history == []
+
+
+def test_aggregate_evaluate_without_results():
+    sink = RecordingSink()
+    strategy = make_strategy(SpyCore(sink=sink))
+
+    assert strategy.aggregate_evaluate(1, [], [RuntimeError("lost")]) == (None, {})
+    assert sink.rounds == []
