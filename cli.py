@@ -111,6 +111,7 @@ def setup_logging(debug: bool = False) -> None:
     logging.getLogger("flwr").propagate = False  # Flower prints through its own handler
     for noisy in ("speechbrain.utils.train_logger", "speechbrain.utils.checkpoints"):
         logging.getLogger(noisy).setLevel(logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Flower's per-request lines
 
 
 # ---- checks ---------------------------------------------------------------------------------

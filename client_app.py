@@ -100,7 +100,8 @@ def _trainer(context: Context):
         }
         dev = str(rc["dev-path"]) or None
         if dev:
-            sources["dev"] = _corpus(brain, str(rc["data-path"]), dev)
+            sources["dev"] = {k: dict(v) for k, v in _corpus(brain, str(rc["data-path"]),
+                                                             dev).items()}
     trainer = LocalTrainer(cid, brain, datasets_for(brain, sources))
     return trainer, cid
 
@@ -125,4 +126,4 @@ def _shard(brain, data_path: str, tsv: str, pid: int, num: int, **how) -> dict:
     records = [{"id": k, **v} for k, v in rows.items()]
     shard = client_shard(records, pid, num, key="spk_id", **how)
     logger.info("virtual client %d of %d: %d utterances", pid, num, len(shard))
-    return {r["id"]: rows[r["id"]] for r in shard}
+    return {r["id"]: dict(rows[r["id"]]) for r in shard}  # SpeechBrain adds keys in place
