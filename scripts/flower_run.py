@@ -24,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -173,6 +174,31 @@ def submit_and_wait(env: dict[str, str], connection: str, extra: list[str], conf
     return status
 
 
+class PeakMemory(threading.Thread):
+    """Peak summed RSS of Flower's and Ray's processes on this machine, sampled twice a second."""
+
+    MARKERS = ("flower-superlink", "flower-supernode", "flwr-", "flower-superexec", "ray::",
+               "raylet", "gcs_server", "/ray/")
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak_bytes = 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self.stopped.wait(0.5):
+            total = 0
+            for proc in Path("/proc").glob("[0-9]*"):
+                try:
+                    cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                    if any(m in cmd for m in self.MARKERS):
+                        total += int((proc / "statm").read_text().split()[1]) * page
+                except (OSError, ValueError, IndexError):
+                    continue
+            self.peak_bytes = max(self.peak_bytes, total)
+
+
 def environment(home: Path) -> dict[str, str]:
     return {
         **os.environ, "FLWR_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
@@ -285,12 +311,21 @@ def run(args: argparse.Namespace) -> None:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    memory = PeakMemory()
+    memory.start()
     try:
         status = (simulate if args.engine == "simulate" else deploy)(args, save, procs)
     finally:
+        memory.stopped.set()
         procs.stop_all()
     seconds = time.monotonic() - started
-    print(f"flower_run: run {status} in {seconds:.0f}s; outputs in {save}", flush=True)
+    summary = {"status": status, "seconds": round(seconds, 1),
+               "peak_rss_mb": round(memory.peak_bytes / 2**20), "engine": args.engine,
+               "clients": count, "clients_per_round": args.clients_per_round,
+               "rounds": args.rounds}
+    (save / "flower_run.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"flower_run: run {status} in {seconds:.0f}s, peak RSS of Flower and Ray processes "
+          f"{summary['peak_rss_mb']} MB; outputs in {save}", flush=True)
     if status != "finished:completed":
         tail = (save / "logs" / "run.log").read_text(errors="replace")[-3000:]
         raise RuntimeError(f"the run ended {status}; its log ends:\n{tail}")
