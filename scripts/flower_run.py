@@ -217,8 +217,9 @@ def simulate(args: argparse.Namespace, save: Path, procs: Processes) -> str:
     (home / "config.toml").write_text('[superlink]\ndefault = "local"\n\n'
                                       '[superlink.local]\naddress = ":local:"\n')
     federation = (f"num-supernodes={args.num_clients} client-resources-num-cpus=1 "
-                  f"client-resources-num-gpus=0.0 init-args-num-cpus={args.cpus} "
-                  "init-args-num-gpus=0")
+                  "client-resources-num-gpus=0.0")
+    if not os.environ.get("RAY_ADDRESS"):  # on a Ray cluster, the cluster has the CPU count
+        federation += f" init-args-num-cpus={args.cpus} init-args-num-gpus=0"
     try:
         return submit_and_wait(env, "local", ["--federation-config", federation],
                                run_config(args, args.tr_path or "temp_dataset/train.tsv"),
