@@ -104,12 +104,7 @@ class CoreFedAvg(FedAvg):
 
     def evaluate_fn(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Server-side evaluation, then the round is recorded (checkpoint, history, plot)."""
-        if server_round == 0 and self.core.start_round > 0:
-            return None  # resuming: the model was evaluated when its round ended
-        rnd = self.core.round_number(server_round) if server_round > 0 else 0
-        result = self.core.evaluate(rnd)
-        if server_round > 0:
-            self.core.end(rnd, model_changed=True)
+        result = self.core.evaluate_transport_round(server_round)
         if result is None:
             return None
         loss, metrics = result

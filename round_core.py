@@ -237,6 +237,19 @@ class RoundCore:
         row.update({f"test_{k}": v for k, v in metrics.items()})
         return loss, metrics
 
+    def evaluate_transport_round(self, server_round: int) -> tuple[float, dict] | None:
+        """A transport's server-side evaluation hook, with the transport's round number.
+
+        Round 0 is the initial model (skipped when resuming: it was evaluated when its round
+        ended); a later round is evaluated, then recorded (checkpoint, history).
+        """
+        if server_round == 0:
+            return None if self.start_round > 0 else self.evaluate(0)
+        rnd = self.round_number(server_round)
+        result = self.evaluate(rnd)
+        self.end(rnd, model_changed=True)
+        return result
+
     def record_client_evaluation(
         self, rnd: int, evaluations: Sequence[Evaluation]
     ) -> dict[str, float]:

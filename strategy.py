@@ -115,13 +115,7 @@ class TrainAfterAggregateStrategy(FedAvg):
 
     # ---- evaluation ----------------------------------------------------------------------------
     def evaluate(self, server_round, parameters):
-        if server_round == 0 and self.core.start_round > 0:
-            return None  # resuming: the model was evaluated when its round ended
-        rnd = self.core.round_number(server_round) if server_round > 0 else 0
-        result = self.core.evaluate(rnd)
-        if server_round > 0:
-            self.core.end(rnd, model_changed=True)
-        return result
+        return self.core.evaluate_transport_round(server_round)
 
     def configure_evaluate(self, server_round, parameters, client_manager):
         return super().configure_evaluate(self.core.round_number(server_round), parameters,
