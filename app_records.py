@@ -17,3 +17,8 @@ def to_record(arrays: NDArrays) -> ArrayRecord:
 
 def from_record(record: ArrayRecord) -> NDArrays:
     return [record[key].numpy() for key in sorted(record.keys())]
+
+
+def record_bytes(record: ArrayRecord) -> int:
+    """The serialised size of the arrays (what travels, less the message framing)."""
+    return sum(len(array.data) for array in record.values())

@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from app_records import from_record, to_record
+from app_records import from_record, record_bytes, to_record
 from round_core import Evaluation, RoundCore, Update
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class CoreFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         rnd = self.core.round_number(server_round)
-        self.core.begin(rnd)
+        self.core.begin(rnd, sent_bytes=record_bytes(arrays))
         config["round"] = rnd  # global: a resumed run keeps counting epochs
         config["epochs"] = self.local_epochs
         config["tokenizer-sha256"] = self.core.tokenizer_sha256 or ""
@@ -64,6 +64,7 @@ class CoreFedAvg(FedAvg):
                 metrics=metrics,
                 decode=lambda reply=reply: from_record(reply.content["arrays"]),
                 tokenizer_sha256=info.get("tokenizer-sha256"),
+                payload_bytes=record_bytes(reply.content["arrays"]),
             ))
         failed = [str(node) for node in self._asked - answered]
         failures += len(failed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -110,11 +111,14 @@ class ASR(sb.Brain):
 
     # ---- stage hooks ------------------------------------------------------------------------
     def on_stage_start(self, stage, epoch=None):
+        self._stage_started = time.monotonic()
         if stage != sb.Stage.TRAIN:
             self.wer_metric = ErrorRateStats()
             self.cer_metric = ErrorRateStats(split_tokens=True)
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
+        seconds = time.monotonic() - getattr(self, "_stage_started", time.monotonic())
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
         stats: dict[str, float] = {"loss": float(stage_loss)}
         if stage != sb.Stage.TRAIN:
             stats["WER"] = float(self.wer_metric.summarize("error_rate"))
@@ -154,6 +158,7 @@ class ASR(sb.Brain):
     def _reset_counts(self) -> None:
         self.samples_seen = 0
         self.stage_stats: dict[sb.Stage, dict[str, float]] = {}
+        self.stage_seconds: dict[sb.Stage, float] = {}  # wall time per stage, for the benchmark
 
     def fit(
         self,

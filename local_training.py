@@ -8,10 +8,12 @@ App's ``ClientApp`` (:mod:`client_app`) are thin adapters over :class:`LocalTrai
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from pathlib import Path
 from typing import Any
 
+import speechbrain as sb
 import torch
 
 from brain import ASR
@@ -76,7 +78,12 @@ class LocalTrainer:
         logger.info("client %s round %d: %d samples, train loss %.4f, valid WER %.2f, %.1fs",
                     self.cid, rnd, samples, train_loss, valid_wer, seconds)
         _release_gpu_memory()
-        metrics = {"train_loss": train_loss, "valid_wer": valid_wer, "fit_seconds": seconds}
+        metrics = {
+            "train_loss": train_loss, "valid_wer": valid_wer, "fit_seconds": seconds,
+            "train_seconds": brain.stage_seconds.get(sb.Stage.TRAIN, 0.0),
+            "valid_seconds": brain.stage_seconds.get(sb.Stage.VALID, 0.0),
+            "peak_rss_mb": peak_rss_mb(),
+        }
         return self.weights(), samples, metrics
 
     def evaluate(self, weights: NDArrays) -> tuple[float, int, dict[str, float]]:
@@ -96,8 +103,14 @@ class LocalTrainer:
                 brain.device = home
                 brain.modules.to(home)
         _release_gpu_memory()
-        return result["loss"], int(result["samples"]), {"wer": result["wer"],
-                                                        "cer": result["cer"]}
+        metrics = {"wer": result["wer"], "cer": result["cer"],
+                   "eval_seconds": brain.stage_seconds.get(sb.Stage.TEST, 0.0)}
+        return result["loss"], int(result["samples"]), metrics
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _release_gpu_memory() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import resource
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ class Update:
     metrics: Mapping[str, Any]
     decode: Callable[[], NDArrays]
     tokenizer_sha256: str | None = None
+    payload_bytes: int = 0  # the update's size as it arrived (for the benchmark)
 
 
 @dataclass
@@ -118,8 +120,11 @@ class RoundCore:
         self.history.append(row)
         return row
 
-    def begin(self, rnd: int) -> None:
+    def begin(self, rnd: int, sent_bytes: int = 0) -> None:
+        """Round ``rnd`` starts: the global model (``sent_bytes`` each) goes to its clients."""
         self._started.setdefault(rnd, time.monotonic())
+        if sent_bytes:
+            self.row(rnd)["bytes_sent_per_client"] = sent_bytes
 
     # ---- training ----------------------------------------------------------------------------
     def aggregate(
@@ -132,6 +137,9 @@ class RoundCore:
         """
         self.fit_metrics = {}
         row = self.row(rnd)
+        started = time.monotonic()
+        if rnd in self._started:  # clients' training, serialisation and transfer
+            row["fit_wait_seconds"] = round(started - self._started[rnd], 3)
         row["failures"] = failures
         row["failed_clients"] = sorted(failed)
         if failed:
@@ -178,6 +186,8 @@ class RoundCore:
             return None
         row["coefficients"] = {name: c / total.total for name, _, c in kept}
         aggregated = total.result()
+        row["aggregate_seconds"] = round(time.monotonic() - started, 3)
+        _client_costs(row, [(name, u) for name, u, _ in kept])
         metrics = weighted_metrics([(u.num_examples, dict(u.metrics)) for _, u, _ in kept])
         self.fit_metrics = metrics
         row["train_loss"] = metrics.get("train_loss")
@@ -228,11 +238,14 @@ class RoundCore:
         """Server-side evaluation of the global model; round 0 is the initial model."""
         if self.evaluate_fn is None:
             return None
+        started = time.monotonic()
         loss, metrics = self.evaluate_fn(self.weights, rnd)
+        seconds = round(time.monotonic() - started, 3)
         if rnd == 0:
             logger.info("initial model: test loss %.4f, %s", loss, metrics)
             return loss, metrics
         row = self.row(rnd)
+        row["server_eval_seconds"] = seconds
         row["test_loss"] = float(loss)
         row.update({f"test_{k}": v for k, v in metrics.items()})
         return loss, metrics
@@ -276,7 +289,22 @@ class RoundCore:
         started = self._started.get(rnd)
         if started is not None:
             row["seconds"] = round(time.monotonic() - started, 3)
+        row["server_peak_rss_mb"] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
         self.sink.save_round(rnd, self.weights if model_changed else None, self.history)
+
+
+def _client_costs(row: Row, kept: Sequence[tuple[str, Update]]) -> None:
+    """Per-phase client time (max and mean), bytes and peak memory, for the benchmark."""
+    for key in ("fit_seconds", "train_seconds", "valid_seconds"):
+        values = [float(u.metrics[key]) for _, u in kept if _finite(u.metrics.get(key))]
+        if values:
+            row[f"client_{key}_max"] = round(max(values), 3)
+            row[f"client_{key}_mean"] = round(sum(values) / len(values), 3)
+    row["bytes_received"] = {name: u.payload_bytes for name, u in kept if u.payload_bytes}
+    row["client_peak_rss_mb"] = {name: round(float(u.metrics["peak_rss_mb"]), 1)
+                                 for name, u in kept if _finite(u.metrics.get("peak_rss_mb"))}
+    row["examples"] = sum(u.num_examples for _, u in kept)
 
 
 def _finite(value: Any) -> bool:

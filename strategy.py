@@ -60,7 +60,7 @@ class TrainAfterAggregateStrategy(FedAvg):
     # ---- fit -----------------------------------------------------------------------------------
     def configure_fit(self, server_round, parameters, client_manager):
         rnd = self.core.round_number(server_round)
-        self.core.begin(rnd)
+        self.core.begin(rnd, sent_bytes=sum(len(t) for t in parameters.tensors))
         if server_round == 1:
             client_manager.wait_for(self.min_start_clients)
         client_manager.wait_for(self.min_available_clients)
@@ -103,6 +103,7 @@ class TrainAfterAggregateStrategy(FedAvg):
                 metrics=res.metrics,
                 decode=lambda res=res: parameters_to_ndarrays(res.parameters),
                 tokenizer_sha256=_str_or_none(res.metrics.get("tokenizer_sha256")),
+                payload_bytes=sum(len(t) for t in res.parameters.tensors),
             )
             for proxy, res in results
         ]

@@ -497,7 +497,10 @@ def test_end_without_a_model_change_saves_only_the_history():
 
     core.end(1, model_changed=False)
 
-    assert sink.rounds == [(1, None, [{"round": 1}])]  # no begin(): no seconds
+    (rnd, weights, history), = sink.rounds
+    assert (rnd, weights) == (1, None)
+    assert "seconds" not in history[0]  # no begin(): no round time
+    assert history[0]["server_peak_rss_mb"] > 0
 
 
 def test_evaluate_without_an_evaluate_function_is_none():
