@@ -337,3 +337,19 @@ def test_aggregate_evaluate_without_results():
 
     assert strategy.aggregate_evaluate(1, [], [RuntimeError("lost")]) == (None, {})
     assert sink.rounds == []
+
+
+# ---- cross-device sampling ---------------------------------------------------------------------
+@pytest.mark.parametrize(("fraction", "min_fit", "expected"),
+                         [(1.0, 1, 8), (0.5, 1, 4), (0.25, 3, 3), (0.0, 3, 3)])
+def test_fraction_fit_samples_that_share_of_the_connected_clients(fraction, min_fit, expected):
+    # arrange: eight connected clients
+    strategy = make_strategy(SpyCore(), fraction_fit=fraction, min_fit_clients=min_fit,
+                             min_available_clients=3)
+    manager = SimpleClientManager()
+    for k in range(8):
+        manager.register(Proxy(f"node-{k}", str(k)))
+    # act
+    instructions = strategy.configure_fit(1, ndarrays_to_parameters(GLOBAL), manager)
+    # assert: 8 x 0.5 = 4; 8 x 0.25 = 2 is below --min_fit_clients 3; a share of 0: exactly 3
+    assert len(instructions) == expected
