@@ -1,4 +1,8 @@
-"""Shared fixtures: a small Common Voice-style data folder and helpers for real processes."""
+"""Shared fixtures: a small Common Voice-style data folder and helpers for real processes.
+
+Tests import from here as ``from conftest import ...`` (pytest puts ``tests/`` on ``sys.path``);
+``tests.conftest`` would load a second copy of this module.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,13 @@
-"""The README stays true to the command lines: every flag is documented."""
+"""The README stays true to the command lines: every flag is documented.
+
+``scripts/launch.py`` and ``scripts/pretrain.py`` are left out: the README has no flag table for
+them (it shows them in use only).
+"""
 
 from __future__ import annotations
+
+import argparse
+import re
 
 import pytest
 from conftest import ROOT
@@ -10,11 +17,18 @@ import server
 from scripts import launch
 
 
-@pytest.mark.parametrize("parser", [server.build_parser(), client.build_parser()],
+def flags_in_help(parser: argparse.ArgumentParser) -> list[str]:
+    """Every ``--flag`` token of ``--help``: the public face, no argparse internals."""
+    return sorted(set(re.findall(r"(?<![\w-])--[A-Za-z][\w-]*", parser.format_help())))
+
+
+@pytest.mark.parametrize("build_parser", [server.build_parser, client.build_parser],
                          ids=["server.py", "client.py"])
-def test_every_flag_is_in_the_readme(parser):
+def test_every_flag_is_in_the_readme(build_parser, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "10000")  # no wrapping: textwrap may split a flag at a hyphen
+    flags = flags_in_help(build_parser())
+    assert {"--server_address", "--save_path", "--debug"} <= set(flags)  # the parsing works
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    flags = [s for a in parser._actions for s in a.option_strings if s.startswith("--")]
     missing = [f for f in flags if f != "--help" and f"`{f}" not in readme]
     assert not missing, f"undocumented flags: {missing}"
 

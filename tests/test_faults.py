@@ -6,11 +6,11 @@ limits and a load of eight clients. Every process is a real ``server.py`` / ``cl
 ``bad_client.py``) command line; kills are real signals to the process group.
 
 Flower samples the clients of a round when it *configures* the round, from the clients connected
-at that moment (``FedAvg.num_fit_clients``): clients that connect after round 1 began waiting
-for them are not counted, so round 1 trains only ``--min_fit_clients`` of them, picked at random
-(see ``test_round_one_trains_every_connected_client``). Tests that need every client in
-round 1 start them with :func:`start_federation`, which holds the server with SIGSTOP until
-every client is connecting, so all of them are registered before round 1 is configured.
+at that moment (``FedAvg.num_fit_clients``). Tests that need every client in round 1 start them
+with :func:`start_federation`, which passes the server ``--min_start_clients`` (all of them):
+by the server's own rule round 1 is configured only once every client is connected, while later
+rounds go on with ``--min_available_clients`` (see also
+``test_round_one_trains_every_connected_client``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import signal
 import subprocess
@@ -49,8 +48,12 @@ from weights import load_checkpoint
 
 pytestmark = pytest.mark.slow
 
-# Printed by Flower when client.py calls fl.client.start_client(), right before it connects.
-CONNECTING = "start_client()"
+
+def connecting(cid: str) -> str:
+    """client.py's log line before each connection attempt."""
+    return f"client {cid}: connecting to"
+
+
 FIT_STARTED = "Going into epoch"  # SpeechBrain's epoch loop, at the start of every local epoch
 TIMEOUT = 420  # seconds any one federation may take on two shared cores
 
@@ -89,11 +92,11 @@ def error_lines(log: Path) -> list[str]:
     return [line for line in text(log).splitlines() if line.startswith("error:")]
 
 
-def sampled_in_round_one(server_log: Path) -> int:
-    """How many clients Flower sampled for the first round (from its log)."""
-    found = re.search(r"configure_fit: strategy sampled (\d+) clients", text(server_log))
+def trained_in_round_one(server_log: Path) -> tuple[int, int]:
+    """(clients trained, clients connected) in round 1, from the server's own log line."""
+    found = re.search(r"round 1: training (\d+) of (\d+) connected clients", text(server_log))
     assert found, tail(server_log)
-    return int(found.group(1))
+    return int(found.group(1)), int(found.group(2))
 
 
 def fresh_model_weights(tmp_path: Path, data: Path) -> list[np.ndarray]:
@@ -153,25 +156,15 @@ def start_server(live: list, logs: Path, port: int, cmd: list[str]) -> subproces
 
 def start_federation(live: list, logs: Path, port: int, server: list[str],
                      clients: dict[str, list[str]]) -> tuple[subprocess.Popen, dict]:
-    """Start the server and the clients so that every client is connected before round 1.
-
-    The server is stopped (SIGSTOP) once it listens, the clients are started and reach
-    ``start_client`` (their TCP connections wait in the listen backlog), then the server is
-    continued (SIGCONT): all handshakes complete while it still evaluates the initial model, so
-    round 1 is configured with every client registered.
-    """
-    srv = start_server(live, logs, port, server)
-    os.killpg(srv.pid, signal.SIGSTOP)
+    """Start the server with ``--min_start_clients len(clients)``, then the clients (named by
+    their ``--cid``): round 1 waits until every one of them is connected, so all are in it."""
+    srv = start_server(live, logs, port, [*server, "--min_start_clients", str(len(clients))])
     procs = {}
-    try:
-        for name, cmd in clients.items():
-            procs[name] = spawn(cmd, logs / f"client_{name}.log")
-            live.append(procs[name])
-        for name, proc in procs.items():
-            wait_for_text(logs / f"client_{name}.log", CONNECTING, 300, proc)
-        time.sleep(1.5)  # let the last connection attempt reach the listen backlog
-    finally:
-        os.killpg(srv.pid, signal.SIGCONT)
+    for name, cmd in clients.items():
+        procs[name] = spawn(cmd, logs / f"client_{name}.log")
+        live.append(procs[name])
+    for name, proc in procs.items():
+        wait_for_text(logs / f"client_{name}.log", connecting(name), 300, proc)
     return srv, procs
 
 
@@ -195,6 +188,7 @@ def test_client_killed_mid_fit(tmp_path: Path, live: list, accept: bool) -> None
         live, logs, port, server_cmd(data, save, port, *extra, clients=2, rounds=rounds),
         {str(k): client_cmd(data, save, port, k) for k in range(3)},
     )
+    wait_for_text(logs / "server.log", "round 1: training 3 of 3 connected clients", TIMEOUT, srv)
     wait_for_text(logs / "client_2.log", FIT_STARTED, TIMEOUT, clients["2"])
     kill(clients["2"])
     assert "client 2 round 1:" not in text(logs / "client_2.log")  # killed before it replied
@@ -202,7 +196,7 @@ def test_client_killed_mid_fit(tmp_path: Path, live: list, accept: bool) -> None
     assert wait_exit(srv, logs / "server.log") == 0, tail(logs / "server.log")
     for k in ("0", "1"):
         assert wait_exit(clients[k], logs / f"client_{k}.log", 60) == 0
-    assert sampled_in_round_one(logs / "server.log") == 3, "precondition: all 3 in round 1"
+    assert trained_in_round_one(logs / "server.log") == (3, 3), "precondition: all in round 1"
     rows = read_history(save)
     assert [row["round"] for row in rows] == list(range(1, rounds + 1))
     first = rows[0]
@@ -381,7 +375,7 @@ def test_bad_updates_are_rejected(tmp_path: Path, live: list) -> None:
     for name, proc in procs.items():
         assert wait_exit(proc, logs / f"client_{name}.log", 60) == 0, \
             tail(logs / f"client_{name}.log")
-    assert sampled_in_round_one(logs / "server.log") == len(clients), "precondition"
+    assert trained_in_round_one(logs / "server.log") == (len(clients),) * 2, "precondition"
     rows = read_history(save)
     assert [row["round"] for row in rows] == [1, 2]
     log = text(logs / "server.log")
@@ -532,7 +526,9 @@ def test_round_one_trains_every_connected_client(tmp_path: Path, live: list) -> 
                            "--min_available_clients", "2", clients=1, rounds=2),
                 logs / "server.log")
     live.append(srv)
-    wait_for_text(logs / "server.log", "[ROUND 1]", TIMEOUT, srv)
+    # The initial model's evaluation comes right before round 1 is configured: the clients
+    # connect only once round 1 is (about to be) waiting for them.
+    wait_for_text(logs / "server.log", "round 0: test loss", TIMEOUT, srv)
     clients = [spawn(client_cmd(data, save, port, k), logs / f"client_{k}.log") for k in range(2)]
     live.extend(clients)
     assert wait_exit(srv, logs / "server.log") == 0, tail(logs / "server.log")
@@ -553,7 +549,8 @@ def test_client_waits_max_wait_after_a_lost_connection(tmp_path: Path, live: lis
     srv = spawn(server_cmd(data, save, port, "--fraction_evaluate", "0", clients=1, rounds=2),
                 logs / "server.log")
     live.append(srv)
-    wait_for_text(logs / "client_0.log", "Received: train message", TIMEOUT, cli)
+    # The server has asked the client for its --cid: the link worked.
+    wait_for_text(logs / "server.log", "round 1: training 1 of 1 connected clients", TIMEOUT, srv)
     retries = text(logs / "client_0.log").count("unreachable, retrying")
     kill(srv)
     deadline = time.monotonic() + 120

@@ -107,7 +107,9 @@ class Built:
         return self._perturbed
 
 
-@pytest.fixture(scope="module", params=CONFIGS, ids=[p.stem for p in CONFIGS])
+# The ~160M-parameter configs take a minute on 2 cores: full suite only (not run_tests.sh --fast).
+@pytest.fixture(scope="module", ids=[p.stem for p in CONFIGS], params=[
+    p if p.stem == "small_cpu" else pytest.param(p, marks=pytest.mark.slow) for p in CONFIGS])
 def built(request, tmp_path_factory) -> Built:
     config: Path = request.param
     modules, hparams = build(config, tmp_path_factory.mktemp(config.stem),
