@@ -40,8 +40,10 @@ def atomic_write(path: str | Path, mode: str = "wb", **open_kwargs: Any) -> Iter
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.filename is None:  # fsync, write: name the file
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err
         raise
     fsync_dir(path.parent)
 

@@ -99,6 +99,8 @@ def check_args(args: argparse.Namespace) -> None:
             f"--min_fit_clients ({args.min_fit_clients}) exceeds --min_available_clients "
             f"({args.min_available_clients})"
         )
+    if args.min_start_clients is not None:
+        check_at_least(args.min_start_clients, args.min_available_clients, "--min_start_clients")
     check_fraction(args.fraction_fit, "--fraction_fit")
     check_fraction(args.fraction_evaluate, "--fraction_evaluate")
     if args.round_timeout is not None and args.round_timeout <= 0:

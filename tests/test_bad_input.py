@@ -715,9 +715,11 @@ def test_disk_full_during_a_round_keeps_the_last_round(
         return real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
-    with pytest.raises((OSError, UserError)):
+    with pytest.raises((OSError, UserError)) as caught:
         store.save_round(2, [v.numpy() for v in _state(2.0).values()], [*rows, {"round": 2}])
     monkeypatch.undo()
+    # one line naming the file, not a traceback: history.json's fsync error gets its name too
+    assert cli.is_user_error(caught.value) and failing in cli.one_line(caught.value)
     assert len(failed) == 1, failed
     for p, content in before.items():
         assert p.read_bytes() == content, p
