@@ -175,28 +175,37 @@ def submit_and_wait(env: dict[str, str], connection: str, extra: list[str], conf
 
 
 class PeakMemory(threading.Thread):
-    """Peak summed RSS of Flower's and Ray's processes on this machine, sampled twice a second."""
+    """Peak memory of Flower's and Ray's processes on this machine, sampled twice a second.
+
+    ``peak_pss`` splits shared pages (torch's libraries, mapped by every process) among the
+    processes that share them, so it is what they really take together; ``peak_rss`` counts
+    shared pages once per process.
+    """
 
     MARKERS = ("flower-superlink", "flower-supernode", "flwr-", "flower-superexec", "ray::",
                "raylet", "gcs_server", "/ray/")
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.peak_bytes = 0
+        self.peak_rss = self.peak_pss = 0
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        page = os.sysconf("SC_PAGE_SIZE")
         while not self.stopped.wait(0.5):
-            total = 0
+            rss = pss = 0
             for proc in Path("/proc").glob("[0-9]*"):
                 try:
                     cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-                    if any(m in cmd for m in self.MARKERS):
-                        total += int((proc / "statm").read_text().split()[1]) * page
+                    if not any(m in cmd for m in self.MARKERS):
+                        continue
+                    for line in (proc / "smaps_rollup").read_text().splitlines():
+                        if line.startswith(("Rss:", "Pss:")):
+                            kib = int(line.split()[1]) * 1024
+                            rss += kib if line.startswith("Rss:") else 0
+                            pss += kib if line.startswith("Pss:") else 0
                 except (OSError, ValueError, IndexError):
                     continue
-            self.peak_bytes = max(self.peak_bytes, total)
+            self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
 
 
 def environment(home: Path) -> dict[str, str]:
@@ -321,12 +330,14 @@ def run(args: argparse.Namespace) -> None:
         procs.stop_all()
     seconds = time.monotonic() - started
     summary = {"status": status, "seconds": round(seconds, 1),
-               "peak_rss_mb": round(memory.peak_bytes / 2**20), "engine": args.engine,
+               "peak_rss_mb": round(memory.peak_rss / 2**20),
+               "peak_pss_mb": round(memory.peak_pss / 2**20), "engine": args.engine,
                "clients": count, "clients_per_round": args.clients_per_round,
                "rounds": args.rounds}
     (save / "flower_run.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"flower_run: run {status} in {seconds:.0f}s, peak RSS of Flower and Ray processes "
-          f"{summary['peak_rss_mb']} MB; outputs in {save}", flush=True)
+    print(f"flower_run: run {status} in {seconds:.0f}s; Flower's and Ray's processes peaked at "
+          f"{summary['peak_pss_mb']} MB (PSS; {summary['peak_rss_mb']} MB summed RSS); outputs "
+          f"in {save}", flush=True)
     if status != "finished:completed":
         tail = (save / "logs" / "run.log").read_text(errors="replace")[-3000:]
         raise RuntimeError(f"the run ended {status}; its log ends:\n{tail}")
