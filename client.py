@@ -171,8 +171,8 @@ def run(args: argparse.Namespace,
         make_client: Callable[[object], SpeechBrainClient] = SpeechBrainClient) -> None:
     """Build this client's model and data, then serve the server (``make_client`` wraps the
     trainer: tests pass a saboteur)."""
-    from brain import init_model
     from local_training import LocalTrainer
+    from model_setup import init_model
     from weights import load_model_file
 
     check_args(args)

@@ -62,8 +62,8 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 def _trainer(context: Context):
     """This node's trainer: the process's shared Brain with this node's data."""
-    from brain import datasets_for, prepare_splits
     from local_training import LocalTrainer
+    from model_setup import datasets_for, prepare_splits
 
     rc, node = context.run_config, context.node_config
     config_file = config_dir(str(rc["config-path"])) / str(rc["config-file"])
@@ -74,7 +74,7 @@ def _trainer(context: Context):
     key = (str(config_file), tokenizer, seed)
     brain = _BRAINS.get(key)
     if brain is None:
-        from brain import build_brain
+        from model_setup import build_brain
 
         set_threads(threads)
         brain = build_brain(config_file, output_folder=save_path / "clients" / "model",
@@ -109,7 +109,7 @@ def _trainer(context: Context):
 def _corpus(brain, data_path: str, tsv: str) -> dict:
     """All prepared rows of a TSV shared by the virtual clients (prepared once per process)."""
     from audio_data import load_csv_rows
-    from brain import prepare_splits
+    from model_setup import prepare_splits
 
     key = (data_path, tsv)
     if key not in _ROWS:  # named by the TSV: processes preparing the same one share the file

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from atomic_file import file_sha256
-from brain import ASR, init_model
+from brain import ASR
 from history import RunStore, library_versions, summary_table
+from model_setup import init_model
 from round_core import NDArrays, RoundCore
 from weights import (
     get_weights,

@@ -22,7 +22,6 @@ sys.path.insert(0, str(ROOT))
 
 
 from atomic_file import atomic_write  # noqa: E402
-from brain import init_model  # noqa: E402
 from cli import (  # noqa: E402
     ArgumentParser,
     add_data_flags,
@@ -35,6 +34,7 @@ from cli import (  # noqa: E402
     set_threads,
 )
 from history import write_json_atomic  # noqa: E402
+from model_setup import init_model  # noqa: E402
 from weights import model_state_dict, save_checkpoint  # noqa: E402
 
 OLD_NAME = "(old name {}, kept for one release)"

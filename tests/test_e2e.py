@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import ROOT, free_port
 
-from brain import init_model
+from model_setup import init_model
 from weights import get_weights, load_model_file
 
 pytestmark = pytest.mark.slow

@@ -101,7 +101,7 @@ def trained_in_round_one(server_log: Path) -> tuple[int, int]:
 
 def fresh_model_weights(tmp_path: Path, data: Path) -> list[np.ndarray]:
     """The weights of a newly built server model: what the server starts from (config seed)."""
-    from brain import init_model
+    from model_setup import init_model
     from weights import get_weights
 
     # Built with one thread, as the server (--num_threads 1): the orthogonal initialisation of

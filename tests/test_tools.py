@@ -10,8 +10,8 @@ import pytest
 from conftest import ROOT, make_small_data, run_cli
 
 from audio_data import load_audio
-from brain import init_model
 from common_voice_prepare import read_tsv
+from model_setup import init_model
 from weights import get_weights
 
 

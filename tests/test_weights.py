@@ -368,7 +368,7 @@ def test_save_checkpoint_is_atomic(tmp_path, small, fresh, monkeypatch):
         raise OSError("No space left on device")
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(weights.WeightsError, match="No space left"):
         weights.save_checkpoint(weights.model_state_dict(fresh), path)
     monkeypatch.undo()
 
