@@ -35,11 +35,12 @@ class CoreFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         rnd = self.core.round_number(server_round)
-        self.core.begin(rnd, sent_bytes=record_bytes(arrays))
         config["round"] = rnd  # global: a resumed run keeps counting epochs
         config["epochs"] = self.local_epochs
         config["tokenizer-sha256"] = self.core.tokenizer_sha256 or ""
-        messages = list(super().configure_train(rnd, arrays, config, grid))
+        messages = list(super().configure_train(rnd, arrays, config, grid))  # waits for nodes
+        # the round's clock starts once its nodes are there, not while they start up
+        self.core.begin(rnd, sent_bytes=record_bytes(arrays))
         self._asked = {m.metadata.dst_node_id for m in messages}
         return messages
 

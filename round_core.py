@@ -105,6 +105,7 @@ class RoundCore:
             default=math.inf,
         )
         self._started: dict[int, float] = {}
+        self._initial_eval_seconds: float | None = None  # goes into the first row made
         # example-weighted metrics of the updates kept by the last :meth:`aggregate` ({} if none)
         self.fit_metrics: dict[str, Any] = {}
 
@@ -117,6 +118,8 @@ class RoundCore:
             if row["round"] == rnd:
                 return row
         row = {"round": rnd, **self.row_defaults}
+        if not self.history and self._initial_eval_seconds is not None:
+            row["initial_eval_seconds"] = self._initial_eval_seconds  # round 0 has no row
         self.history.append(row)
         return row
 
@@ -242,6 +245,7 @@ class RoundCore:
         loss, metrics = self.evaluate_fn(self.weights, rnd)
         seconds = round(time.monotonic() - started, 3)
         if rnd == 0:
+            self._initial_eval_seconds = seconds
             logger.info("initial model: test loss %.4f, %s", loss, metrics)
             return loss, metrics
         row = self.row(rnd)
@@ -276,6 +280,11 @@ class RoundCore:
         row["client_eval_loss"] = float(loss)
         row["client_eval_wer"] = metrics.get("wer")
         row["client_eval_clients"] = len(evaluations)
+        seconds = [float(e.metrics["eval_seconds"]) for e in evaluations
+                   if _finite(e.metrics.get("eval_seconds"))]
+        if seconds:
+            row["client_eval_seconds_max"] = round(max(seconds), 3)
+            row["client_eval_seconds_mean"] = round(sum(seconds) / len(seconds), 3)
         wer = metrics.get("wer")
         if _finite(wer) and wer < self.best_wer:  # the clients' dev sets, never the test set
             self.best_wer = float(wer)

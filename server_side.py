@@ -9,6 +9,7 @@ whose server training and evaluation are this model's. ``server.py`` (legacy gRP
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,10 @@ class Federation:
                         self.store.path / "final_model.ckpt")
         brain = self.model.brain
         if self.core.history and brain.final_decoding_differs:
+            started = time.monotonic()
             loss, metrics = self.model.evaluate(self.core.weights, 0, final=True)
             last = self.core.history[-1]
+            last["final_test_seconds"] = round(time.monotonic() - started, 3)
             last["final_test_loss"] = float(loss)
             last.update({f"final_test_{k}": v for k, v in metrics.items()})
             self.store.save_round(last["round"], None, self.core.history)

@@ -60,10 +60,11 @@ class TrainAfterAggregateStrategy(FedAvg):
     # ---- fit -----------------------------------------------------------------------------------
     def configure_fit(self, server_round, parameters, client_manager):
         rnd = self.core.round_number(server_round)
-        self.core.begin(rnd, sent_bytes=sum(len(t) for t in parameters.tensors))
         if server_round == 1:
             client_manager.wait_for(self.min_start_clients)
         client_manager.wait_for(self.min_available_clients)
+        # the round's clock starts once its clients are there, not while they start up
+        self.core.begin(rnd, sent_bytes=sum(len(t) for t in parameters.tensors))
         instructions = super().configure_fit(rnd, parameters, client_manager)
         self._asked = {proxy.cid for proxy, _ in instructions}
         self._learn_names(proxy for proxy, _ in instructions)
