@@ -135,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     (save / "logs").mkdir(parents=True, exist_ok=True)
     port = args.port or free_port()
     address = f"127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": str(args.num_threads)}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if args.num_threads > 0:  # 0: torch's default (OMP_NUM_THREADS=0 would be invalid)
+        env["OMP_NUM_THREADS"] = str(args.num_threads)
     py = sys.executable
     shared: list[str] = []  # arguments for the server and every client
     if args.pre_train_model_path:

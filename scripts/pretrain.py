@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 from atomic_file import atomic_write  # noqa: E402
 from cli import (  # noqa: E402
     ArgumentParser,
+    UsageError,
     add_data_flags,
     add_model_flags,
     check_at_least,
@@ -61,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> Path:
     check_at_least(args.epochs, 1, "--epochs")
     check_data_flags(args.data_path, args.tokenizer_path, args.save_path)
+    if not Path(args.tr_path).is_file():  # before the tokenizer is trained from it
+        raise UsageError(f"--tr_path {args.tr_path}: no such TSV file")
     check_file(args.dev_path, "--dev_path")
     set_threads(args.num_threads)
     out = Path(args.save_path)
