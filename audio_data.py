@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 # isort: off
-import quiet  # noqa: F401  (before SpeechBrain: silences its torchvision warning)
+import process_setup  # noqa: F401  (before torch: passive OpenMP, no torchvision warning)
 import speechbrain as sb
 # isort: on
 import torch

@@ -12,7 +12,7 @@ import math
 import time
 
 # isort: off
-import quiet  # noqa: F401  (before SpeechBrain: silences its torchvision warning)
+import process_setup  # noqa: F401  (before torch: passive OpenMP, no torchvision warning)
 import speechbrain as sb
 # isort: on
 from speechbrain.utils.metric_stats import ErrorRateStats

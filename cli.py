@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+import process_setup  # noqa: F401  (before any torch import: passive OpenMP waiting)
 from errors import UsageError, UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"

@@ -8,7 +8,7 @@ from typing import Any
 
 from hyperpyyaml import load_hyperpyyaml
 
-import quiet  # noqa: F401  (SpeechBrain classes load with the config)
+import process_setup  # noqa: F401  (before SpeechBrain classes load with the config)
 from atomic_file import atomic_write
 from errors import UserError
 

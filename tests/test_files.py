@@ -40,8 +40,11 @@ def test_saved_config_is_resolved_with_its_overrides(tmp_path: Path) -> None:
     assert hparams["dataloader_options"]["batch_size"] == 3
 
 
-def test_no_torchvision_warning_at_start_up() -> None:
-    result = subprocess.run([sys.executable, "-c", "import server_side, client"], cwd=ROOT,
+def test_no_torchvision_warning_and_passive_openmp_at_start_up() -> None:
+    code = "import server, client, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "torchvision" not in result.stderr
+    assert result.stdout.strip() == "PASSIVE"  # set before torch loaded its OpenMP runtime
