@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Bring a folder of labelled recordings into the Common Voice layout the project reads.
 
-Writes ``<out>/clips/`` (the audio, copied, or symlinked with ``--link``), ``<out>/all.tsv`` and
+Writes ``<out>/clips/`` (the audio, copied: data preparation refuses links out of ``clips/``),
+``<out>/all.tsv`` and
 one ``<out>/speaker_<name>.tsv`` per speaker (columns ``client_id``, ``path``, ``sentence``; the
 ``client_id`` is ``speaker_<name>``, the unit of ``partition.py --by speaker`` and of
 ``speaker_eval.py``). Labels come from one of:
@@ -18,7 +19,6 @@ one ``<out>/speaker_<name>.tsv`` per speaker (columns ``client_id``, ``path``, `
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import sys
@@ -76,8 +76,8 @@ def safe_speaker(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-") or "unknown"
 
 
-def import_recordings(src: Path, out: Path, labels: list[Label], link: bool = False) -> dict:
-    """Copy (or link) the labelled files into ``out/clips`` and write the TSVs; counts."""
+def import_recordings(src: Path, out: Path, labels: list[Label]) -> dict:
+    """Copy the labelled files into ``out/clips`` and write the TSVs; counts."""
     clips = out / "clips"
     clips.mkdir(parents=True, exist_ok=True)
     rows, seen = [], set()
@@ -90,12 +90,7 @@ def import_recordings(src: Path, out: Path, labels: list[Label], link: bool = Fa
             raise UserError(f"{name}: listed twice")
         seen.add(target_name)
         target = clips / target_name
-        if target.exists() or target.is_symlink():
-            target.unlink()
-        if link:
-            os.symlink(source.resolve(), target)
-        else:
-            shutil.copyfile(source, target)
+        shutil.copyfile(source, target)
         rows.append({"client_id": f"speaker_{safe_speaker(speaker)}", "path": target_name,
                      "sentence": transcript})
     write_tsv(out / "all.tsv", rows)
@@ -116,7 +111,6 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--transcripts", type=Path, metavar="FILE",
                         help="filename<TAB>transcript[<TAB>speaker] lines")
     p.add_argument("--speaker", default=None, help="speaker of transcript lines without one")
-    p.add_argument("--link", action="store_true", help="symlink the audio instead of copying")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -135,7 +129,7 @@ def run(args: argparse.Namespace) -> dict:
         labels = transcript_labels(args.transcripts, args.speaker)
     if not labels:
         raise UsageError(f"{args.src}: no recordings matched")
-    counts = import_recordings(args.src, args.out, labels, link=args.link)
+    counts = import_recordings(args.src, args.out, labels)
     print(f"import_recordings: {counts['recordings']} recordings of "
           f"{len(counts['speakers'])} speaker(s) into {args.out}: "
           + ", ".join(f"{k} {v}" for k, v in counts["speakers"].items()))

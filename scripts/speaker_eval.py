@@ -232,7 +232,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         raise UsageError(f"--folds: unknown speaker(s) {', '.join(unknown)} (speakers: "
                          f"{', '.join(f.held_out for f in folds)})")
     folds = [f for f in folds if not wanted or f.held_out in wanted]
-    set_threads(args.num_threads or 2)
+    set_threads(args.num_threads or 1)
     results = [run_fold(fold, args, kinds) for fold in folds]
     markdown = table(results, args)
     out = args.save_path
