@@ -11,12 +11,14 @@ new takes of the training speakers, and wall times, per fold and on average:
 
     python scripts/speaker_eval.py ../shared/data/fsdd4 --update_readme
     python scripts/speaker_eval.py ../shared/data/fsdd4 --folds speaker_george --rounds 5
+    python scripts/speaker_eval.py ../shared/data/fsdd4 --resume --update_readme  # kept folds
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import shutil
@@ -76,8 +78,21 @@ def run_federated(fold_dir: Path, files: dict[str, Path], args: argparse.Namespa
             "seconds": seconds}
 
 
+def settings(args: argparse.Namespace) -> dict:
+    """What a fold's result depends on: a kept result is reused only if these match."""
+    return {k: str(getattr(args, k)) for k in (
+        "data_dir", "tsv", "rounds", "local_epochs", "dev_frac", "test_frac", "server_frac",
+        "unseen_max", "server_training", "config_file", "override", "seed")}
+
+
 def run_fold(fold: Fold, args: argparse.Namespace, kinds: list[str]) -> dict:
     fold_dir = args.save_path / fold.held_out
+    kept = fold_dir / "result.json"
+    if args.resume and kept.is_file():
+        result = json.loads(kept.read_text(encoding="utf-8"))
+        if result.get("settings") == settings(args) and all(k in result for k in kinds):
+            print(f"speaker_eval: {fold.held_out}: kept result from {kept}", flush=True)
+            return result
     files = write_fold(fold, fold_dir)
     result: dict = {"held_out": fold.held_out, "clients": len(fold.clients),
                     "sizes": {k: len(v) for k, v in fold.parts.items()} | {
@@ -97,6 +112,7 @@ def run_fold(fold: Fold, args: argparse.Namespace, kinds: list[str]) -> dict:
         )
         result["centralised"] = central | {"seconds": time.monotonic() - started}
         print(f"speaker_eval: {fold.held_out}: centralised {result['centralised']}", flush=True)
+    write_json_atomic(result | {"settings": settings(args)}, kept)
     return result
 
 
@@ -204,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate on at most this many takes of the held-out speaker (0: all)")
     p.add_argument("--no_server_training", dest="server_training", action="store_false")
     p.add_argument("--save_path", type=Path, default=Path("results/speakers"))
+    p.add_argument("--resume", action="store_true",
+                   help="reuse a fold's kept result (<save_path>/<speaker>/result.json) when it "
+                        "was made with the same settings: run folds one by one, then tabulate")
     p.add_argument("--update_readme", action="store_true")
     add_model_flags(p)
     p.set_defaults(config_file="real_cpu.yaml")
