@@ -142,7 +142,7 @@ def test_real_cpu_config_augments_and_keeps_no_global_statistics(tmp_path):
     from weights import model_state_dict
 
     path = ROOT / "configs" / "real_cpu.yaml"
-    hparams = config_file.load_hparams(path, {"output_folder": str(tmp_path)})
+    hparams = config_file.load_hparams(path, {"output_folder": str(tmp_path), "augment_prob": 1.0})
     config_file.check_config_keys(path, hparams)
     wavs, lens = torch.randn(3, 4000) * 0.1, torch.ones(3)
     wavs, lens = hparams["wav_augment"](wavs, lens)
