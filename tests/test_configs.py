@@ -19,7 +19,7 @@ PARAMETERS = {
     "template.yaml": 46_337_102,  # 1 CNN block, 4 x 512 BiLSTM, 2 x 512 DNN, 512 GRU, 250 tokens
     "CRDNN.yaml": 158_907_410,  # 2 CNN blocks, 5 x 1024 BiLSTM, 2 x 1024 DNN, 1024 GRU, 500 tokens
 }
-CPU_CONFIGS = {"small_cpu.yaml"}
+CPU_CONFIGS = {"small_cpu.yaml", "real_cpu.yaml"}
 
 
 def test_every_gpu_config_is_pinned():

@@ -1,0 +1,153 @@
+"""Bringing recordings in (import_recordings.py) and leave-one-speaker-out folds: fast, no training,
+on a few generated WAV files (no dependency on any real corpus)."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import ROOT, run_cli
+
+from common_voice_prepare import prepare_tsv, read_tsv
+from errors import UserError
+from scripts.import_recordings import fsdd_labels, transcript_labels
+from speaker_folds import make_folds, split_takes
+
+PYTHON = sys.executable
+
+
+def write_wav(path, seconds: float = 0.3, rate: int = 8000) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * rate)) / rate
+    sf.write(path, (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), rate)
+
+
+def test_fsdd_pattern_imports_digits_and_speakers(tmp_path):
+    src = tmp_path / "recordings"
+    for digit, speaker, take in ((0, "alice", 0), (7, "alice", 1), (3, "bob", 12)):
+        write_wav(src / f"{digit}_{speaker}_{take}.wav")
+    write_wav(src / "notes.wav")  # not an FSDD name: skipped
+    out = tmp_path / "cv"
+    result = run_cli([PYTHON, "scripts/import_recordings.py", str(src), str(out),
+                      "--pattern", "fsdd"])
+    assert result.returncode == 0, result.stderr
+    rows = read_tsv(out / "all.tsv")
+    assert {(r["path"], r["sentence"], r["client_id"]) for r in rows} == {
+        ("0_alice_0.wav", "zero", "speaker_alice"), ("7_alice_1.wav", "seven", "speaker_alice"),
+        ("3_bob_12.wav", "three", "speaker_bob")}
+    assert len(read_tsv(out / "speaker_alice.tsv")) == 2
+    assert (out / "clips" / "3_bob_12.wav").is_file()
+    assert "skipped 1" in result.stderr
+    # The project's own data preparation reads the result (8 kHz audio, durations found).
+    count = prepare_tsv(out / "all.tsv", tmp_path / "all.csv", out)
+    assert count == 3
+
+
+def test_transcript_map_with_and_without_speaker_column(tmp_path):
+    src = tmp_path / "wavs"
+    write_wav(src / "a.wav")
+    write_wav(src / "sub" / "b.wav", rate=16000)
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("# file, words, speaker\na.wav\thello world\tann\nsub/b.wav\tgood bye\n",
+                      encoding="utf-8")
+    out = tmp_path / "cv"
+    result = run_cli([PYTHON, "scripts/import_recordings.py", str(src), str(out),
+                      "--transcripts", str(labels), "--speaker", "carl"])
+    assert result.returncode == 0, result.stderr
+    rows = {r["path"]: r for r in read_tsv(out / "all.tsv")}
+    assert rows["a.wav"]["sentence"] == "hello world"
+    assert rows["a.wav"]["client_id"] == "speaker_ann"
+    assert rows["sub__b.wav"]["client_id"] == "speaker_carl"
+    assert (out / "clips" / "sub__b.wav").is_file()
+
+
+def test_bad_transcript_maps_are_one_line_errors(tmp_path):
+    labels = tmp_path / "labels.tsv"
+    labels.write_text("a.wav\thello\n", encoding="utf-8")
+    with pytest.raises(UserError, match="no speaker"):
+        transcript_labels(labels, None)
+    labels.write_text("a.wav\n", encoding="utf-8")
+    with pytest.raises(UserError, match="labels.tsv:1"):
+        transcript_labels(labels, "x")
+    (tmp_path / "src").mkdir()
+    labels.write_text("missing.wav\thi\tx\n", encoding="utf-8")
+    result = run_cli([PYTHON, "scripts/import_recordings.py", str(tmp_path / "src"),
+                      str(tmp_path / "out"), "--transcripts", str(labels)])
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error:") and "missing.wav" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_fsdd_labels_ignore_other_names():
+    assert fsdd_labels(["9_x_1.wav", "readme.txt", "10_x_1.wav"]) == [("9_x_1.wav", "nine", "x")]
+
+
+def rows_of(speakers: dict[str, int]) -> list[dict[str, str]]:
+    return [{"client_id": s, "path": f"{s}_{i}.wav", "sentence": str(i % 10)}
+            for s, n in speakers.items() for i in range(n)]
+
+
+def test_folds_hold_each_speaker_out_and_keep_splits_disjoint():
+    rows = rows_of({"a": 50, "b": 40, "c": 30})
+    fractions = {"dev": 0.1, "test": 0.1, "server": 0.2}
+    folds = make_folds(rows, seed=7, fractions=fractions)
+    assert [f.held_out for f in folds] == ["a", "b", "c"]
+    for fold in folds:
+        assert {r["client_id"] for r in fold.unseen} == {fold.held_out}
+        paths = [r["path"] for split in fold.parts.values() for r in split]
+        assert len(paths) == len(set(paths))  # disjoint
+        assert fold.held_out not in {r["client_id"] for r in map(dict, sum(fold.parts.values(),
+                                                                          []))}
+        assert len(fold.clients) == 2
+        assert all(len({r["client_id"] for r in c}) == 1 for c in fold.clients)
+    # A speaker's new takes are the same in every fold it trains in, and seeded.
+    test_b = [{r["path"] for r in f.parts["test"] if r["client_id"] == "b"} for f in folds
+              if f.held_out != "b"]
+    assert test_b[0] == test_b[1] and len(test_b[0]) == 4
+    again = make_folds(rows, seed=7, fractions=fractions)
+    assert [r["path"] for r in again[0].parts["train"]] == [r["path"] for r in
+                                                            folds[0].parts["train"]]
+
+
+def test_split_takes_sizes_and_errors():
+    parts = split_takes(rows_of({"a": 100}), 1, {"dev": 0.04, "test": 0.1, "server": 0.1})
+    assert {k: len(v) for k, v in parts.items()} == {"dev": 4, "test": 10, "server": 10,
+                                                     "train": 76}
+    with pytest.raises(UserError):
+        split_takes(rows_of({"a": 2}), 1, {"dev": 0.5, "test": 0.5})
+    with pytest.raises(UserError):
+        make_folds(rows_of({"a": 5}), seed=1, fractions={})
+
+
+def test_speaker_eval_rejects_bad_flags(tmp_path):
+    (tmp_path / "clips").mkdir()
+    result = run_cli([PYTHON, "scripts/speaker_eval.py", str(tmp_path), "--runs", "both"])
+    assert result.returncode == 2 and "--runs" in result.stderr
+    result = run_cli([PYTHON, "scripts/speaker_eval.py", str(tmp_path / "nope")])
+    assert result.returncode == 2 and "clips" in result.stderr
+    tsv = tmp_path / "all.tsv"
+    tsv.write_text("client_id\tpath\tsentence\na\tx.wav\tone\nb\ty.wav\ttwo\n", encoding="utf-8")
+    result = run_cli([PYTHON, "scripts/speaker_eval.py", str(tmp_path), "--folds", "zed"])
+    assert result.returncode == 2 and "zed" in result.stderr
+    assert ROOT.is_dir()
+
+
+def test_real_cpu_config_augments_and_keeps_no_global_statistics(tmp_path):
+    """The real-speech recipe's augmenters keep the batch; sentence norm ships no statistics."""
+    import torch
+
+    import config_file
+    from weights import model_state_dict
+
+    path = ROOT / "configs" / "real_cpu.yaml"
+    hparams = config_file.load_hparams(path, {"output_folder": str(tmp_path), "augment_prob": 1.0})
+    config_file.check_config_keys(path, hparams)
+    wavs, lens = torch.randn(3, 4000) * 0.1, torch.ones(3)
+    wavs, lens = hparams["wav_augment"](wavs, lens)
+    feats = hparams["normalize"](hparams["compute_features"](wavs), lens)
+    masked, _ = hparams["feature_augment"](feats, lens)
+    assert masked.shape == feats.shape and wavs.shape[0] == 3
+    state = model_state_dict(torch.nn.ModuleDict(hparams["modules"]))
+    assert not any(k.endswith("glob_mean") for k in state)
