@@ -119,7 +119,7 @@ def train_centralised(
     rounds: int, local_epochs: int, server_training: bool, overrides: dict[str, Any],
 ) -> dict[str, Any]:
     """The federation's schedule on pooled data (see the module docstring); final test WERs."""
-    from brain import init_model
+    from model_setup import init_model
 
     brain, data = init_model(
         config_file, output_folder=out, data_folder=data_path, train_tsv=files["train"],
