@@ -15,7 +15,6 @@ rounds go on with ``--min_available_clients`` (see also
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -43,6 +42,7 @@ from conftest import (
 )
 
 import history as history_module
+from atomic_file import file_sha256
 from history import RunStore
 from weights import load_checkpoint
 
@@ -141,10 +141,6 @@ def assert_finite_checkpoint(path: Path) -> None:
             assert torch.isfinite(tensor).all(), f"{path.name}: {key} is not finite"
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def start_server(live: list, logs: Path, port: int, cmd: list[str]) -> subprocess.Popen:
     """Start the server (log in ``logs/server.log``) and return once it listens on ``port``."""
     logs.mkdir(parents=True, exist_ok=True)
@@ -225,7 +221,7 @@ def test_client_killed_mid_fit(tmp_path: Path, live: list, accept: bool) -> None
         assert f"{first['test_loss']:.4f}" == initial_test_loss(logs / "server.log")
         initial = fresh_model_weights(tmp_path, data)
         ckpt = save / first["model_checkpoint"]
-        assert sha256(ckpt) == first["model_sha256"]
+        assert file_sha256(ckpt) == first["model_sha256"]
         assert_same_weights(ckpt, initial)
         assert_same_weights(save / "final_model.ckpt", initial)
 
@@ -259,7 +255,7 @@ def test_server_killed_then_resumed(tmp_path: Path, live: list, kill_at: str) ->
     done = rows_before[-1]["round"]
     assert done == 1
     ckpt = save / rows_before[-1]["model_checkpoint"]
-    assert sha256(ckpt) == rows_before[-1]["model_sha256"]
+    assert file_sha256(ckpt) == rows_before[-1]["model_sha256"]
     assert all(c.poll() is None for c in clients), "the clients must wait for the server"
 
     if kill_at == "after_round_1":
@@ -295,7 +291,7 @@ def test_server_killed_then_resumed(tmp_path: Path, live: list, kill_at: str) ->
     # Each client saw the connection drop and came back (client.py's reconnect loop).
     for k in range(2):
         assert "unreachable, retrying" in text(logs / f"client_{k}.log")
-    assert sha256(save / rows[-1]["model_checkpoint"]) == rows[-1]["model_sha256"]
+    assert file_sha256(save / rows[-1]["model_checkpoint"]) == rows[-1]["model_sha256"]
 
 
 def test_run_store_survives_a_crash_between_writes(tmp_path: Path, monkeypatch) -> None:
