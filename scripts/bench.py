@@ -346,9 +346,9 @@ def run_bare(args: argparse.Namespace, data: dict[str, Path], save: Path) -> Row
     """
     import torch  # after run() set the OpenMP environment
 
-    from brain import datasets_for, init_model, prepare_splits
     from cli import set_threads
     from local_training import LocalTrainer
+    from model_setup import datasets_for, init_model, prepare_splits
     from round_core import RoundCore, Update
     from server_side import ServerModel
 
