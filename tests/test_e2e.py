@@ -97,7 +97,9 @@ def test_launcher_fails_fast_when_a_client_fails(small_data: Path, tmp_path: Pat
     result = launch(small_data, tmp_path / "run", "--client_args", "--config_file", "nope.yaml",
                     timeout=200)
     assert result.returncode != 0
-    assert "nope.yaml" in (tmp_path / "run" / "logs" / "client_0.log").read_text()
+    # whichever client failed first named the file; the launcher may stop the other before it logs
+    logs = sorted((tmp_path / "run" / "logs").glob("client_*.log"))
+    assert any("nope.yaml" in log.read_text() for log in logs), [log.name for log in logs]
     assert time.monotonic() - started < 120
 
 
