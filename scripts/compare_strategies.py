@@ -26,8 +26,7 @@ sys.path.insert(0, str(ROOT))
 from cli import ArgumentParser, UsageError, main  # noqa: E402
 from history import load_history  # noqa: E402
 from plots import plot_histories  # noqa: E402
-
-START, END = "<!-- comparison:start -->", "<!-- comparison:end -->"
+from scripts.readme_section import update_readme_section  # noqa: E402
 
 # name -> (weighting, server-side training, pre-trained, bad client)
 RUNS: dict[str, tuple[str, bool, bool, bool]] = {
@@ -96,21 +95,6 @@ def table(results: list[dict], rounds: int, local_epochs: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(markdown: str, png: Path) -> None:
-    docs = ROOT / "docs"
-    docs.mkdir(exist_ok=True)
-    shutil.copyfile(png, docs / "comparison.png")
-    readme = ROOT / "README.md"
-    text = readme.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        raise SystemExit(f"compare: {readme} has no {START} ... {END} section")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    body = f"{START}\n{markdown}\n![comparison](docs/comparison.png)\n{END}"
-    readme.write_text(head + body + tail, encoding="utf-8")
-    print(f"compare: updated {readme} and {docs / 'comparison.png'}")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--save_path", "--out", dest="save_path", type=Path,
@@ -150,7 +134,7 @@ def run(args: argparse.Namespace) -> None:
                          title="server test WER per round (dashed: unseen voice)")
     print(markdown)
     if args.update_readme:
-        update_readme(markdown, png)
+        update_readme_section("comparison", markdown, png, "comparison")
 
 
 if __name__ == "__main__":

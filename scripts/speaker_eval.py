@@ -41,9 +41,9 @@ from cli import (  # noqa: E402
 )
 from common_voice_prepare import read_tsv  # noqa: E402
 from history import load_history, write_json_atomic  # noqa: E402
+from scripts.readme_section import update_readme_section  # noqa: E402
 from speaker_folds import Fold, make_folds, train_centralised, write_fold  # noqa: E402
 
-START, END = "<!-- real-speech:start -->", "<!-- real-speech:end -->"
 RUN_KINDS = ("federated", "centralised")
 
 
@@ -190,21 +190,6 @@ def plot(results: list[dict], path: Path) -> Path:
     return path
 
 
-def update_readme(markdown: str, png: Path) -> None:
-    docs = ROOT / "docs"
-    docs.mkdir(exist_ok=True)
-    shutil.copyfile(png, docs / "speaker_eval.png")
-    readme = ROOT / "README.md"
-    text = readme.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        raise UsageError(f"{readme} has no {START} ... {END} section")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    body = f"{START}\n{markdown}\n![speaker evaluation](docs/speaker_eval.png)\n{END}"
-    readme.write_text(head + body + tail, encoding="utf-8")
-    print(f"speaker_eval: updated {readme} and {docs / 'speaker_eval.png'}")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("data_dir", type=Path, help="Common Voice folder (clips/ and a TSV)")
@@ -261,7 +246,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     png = plot(results, out / "speaker_eval.png")
     print(markdown)
     if args.update_readme:
-        update_readme(markdown, png)
+        update_readme_section("real-speech", markdown, png, "speaker evaluation")
     return results
 
 
