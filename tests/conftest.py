@@ -53,6 +53,30 @@ def small_data(tmp_path_factory) -> Path:
     return make_small_data(tmp_path_factory.mktemp("data"))
 
 
+def launch(data: Path, save: Path, *extra: str, rounds: int = 2, timeout: float = 400
+           ) -> subprocess.CompletedProcess:
+    """``scripts/launch.py`` with two clients on the small data set (the demo's flow)."""
+    cmd = [
+        PYTHON, "scripts/launch.py", "--num_clients", "2", "--data_path", str(data),
+        "--tr_path", str(data), "--dev_path", str(data / "dev.tsv"),
+        "--test_path", str(data / "test.tsv"), "--tr_add_path", str(data / "train_add.tsv"),
+        "--tokenizer_path", str(data / "train.tsv"), "--rounds", str(rounds),
+        "--save_path", str(save), *extra,
+    ]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+SEEDED = ("--local_epochs", "1", "--server_args", "--seed", "7")  # the shared run's flags
+
+
+@pytest.fixture(scope="session")
+def seeded_run(small_data: Path, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """One 2-round FedAvg federation through the launcher (seed 7), shared by the end-to-end
+    checks (test_e2e.py) and as the first of the two runs of test_reproducible.py."""
+    save = tmp_path_factory.mktemp("seeded") / "run"
+    return launch(small_data, save, *SEEDED), save
+
+
 def server_cmd(data: Path, save: Path, port: int, *extra: str, clients: int = 2,
                rounds: int = 2) -> list[str]:
     """A server.py command line on the small data set."""

@@ -13,23 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, free_port
+from conftest import ROOT, free_port, launch
 
 from model_setup import init_model
 from weights import get_weights, load_model_file
 
-pytestmark = pytest.mark.slow
-
-
-def launch(data: Path, save: Path, *extra: str, rounds: int = 2, timeout: float = 400):
-    cmd = [
-        sys.executable, "scripts/launch.py", "--num_clients", "2", "--data_path", str(data),
-        "--tr_path", str(data), "--dev_path", str(data / "dev.tsv"),
-        "--test_path", str(data / "test.tsv"), "--tr_add_path", str(data / "train_add.tsv"),
-        "--tokenizer_path", str(data / "train.tsv"), "--rounds", str(rounds),
-        "--save_path", str(save), *extra,
-    ]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+# one worker runs every user of the session's shared seeded_run (conftest.py)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("seeded_run")]
 
 
 def check_rounds(result: subprocess.CompletedProcess, save: Path, rounds: int) -> list[dict]:
@@ -48,24 +38,17 @@ def check_rounds(result: subprocess.CompletedProcess, save: Path, rounds: int) -
     return history
 
 
-@pytest.fixture(scope="module")
-def num_run(small_data: Path, tmp_path_factory: pytest.TempPathFactory):
-    """One 2-round FedAvg federation through the launcher, shared by the tests below."""
-    save = tmp_path_factory.mktemp("num") / "run"
-    return launch(small_data, save, "--weight_strategy", "num"), save
-
-
-def test_federation_two_rounds(num_run) -> None:
-    result, save = num_run
+def test_federation_two_rounds(seeded_run) -> None:
+    result, save = seeded_run
     history = check_rounds(result, save, rounds=2)
     assert history[0]["coefficients"]["0"] == pytest.approx(0.5)  # equal partitions: FedAvg
     assert "round | test WER" in result.stdout  # the server's summary table
 
 
-def test_final_model_is_what_the_server_evaluated(num_run, small_data: Path,
+def test_final_model_is_what_the_server_evaluated(seeded_run, small_data: Path,
                                                   tmp_path: Path) -> None:
     """The saved global model loads into a fresh Brain and scores the last round's test WER."""
-    result, save = num_run
+    result, save = seeded_run
     assert result.returncode == 0, result.stderr[-3000:]
     history = json.loads((save / "history.json").read_text())
     state = torch.load(save / "final_model.ckpt", weights_only=True)
@@ -82,12 +65,12 @@ def test_final_model_is_what_the_server_evaluated(num_run, small_data: Path,
     assert brain.test(datasets["test"])["wer"] == pytest.approx(history[-1]["test_wer"])
 
 
-@pytest.mark.parametrize("weighting", ["loss", "wer"])
-def test_other_weightings_one_round(small_data: Path, tmp_path: Path, weighting: str) -> None:
-    """loss and wer weighting through a real federation: one round (the second adds nothing the
-    num run does not check; the weighting math itself is in test_strategy.py)."""
+def test_wer_weighting_one_round(small_data: Path, tmp_path: Path) -> None:
+    """WER weighting through a real federation: one round (the second adds nothing the seeded
+    run does not check; the weighting math itself is in test_strategy.py, and loss weighting
+    runs in test_faults.py's bad-update federation)."""
     save = tmp_path / "run"
-    result = launch(small_data, save, "--weight_strategy", weighting, rounds=1)
+    result = launch(small_data, save, "--weight_strategy", "wer", rounds=1)
     check_rounds(result, save, rounds=1)
 
 
