@@ -9,7 +9,7 @@ TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchaudio==2.11.0"}
 VENV=${VENV:-.venv}
 
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c \
-    "import torch, torchaudio, speechbrain, flwr, ray, ruamel.yaml, sentencepiece, soundfile, matplotlib, pytest" \
+    "import torch, torchaudio, speechbrain, flwr, ray, ruamel.yaml, sentencepiece, soundfile, matplotlib, pytest, xdist" \
     2>/dev/null; then
   exit 0
 fi

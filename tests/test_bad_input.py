@@ -608,6 +608,7 @@ def pretrain_run(small_data: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("pretrain_run")  # one worker: the module's pretrain run is made once
 def test_odd_audio_is_resampled_and_downmixed(pretrain_run: PretrainRun) -> None:
     """8 kHz mono WAV and 44.1 kHz stereo FLAC clips train like the 48 kHz MP3s."""
     out = pretrain_run
@@ -618,6 +619,7 @@ def test_odd_audio_is_resampled_and_downmixed(pretrain_run: PretrainRun) -> None
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("pretrain_run")
 def test_bad_clips_among_good_ones_are_skipped_with_a_warning(pretrain_run: PretrainRun) -> None:
     out = pretrain_run
     assert out.returncode == 0, out.report()

@@ -111,6 +111,10 @@ class Built:
 
 
 # The ~160M-parameter configs take a minute on 2 cores: full suite only (not run_tests.sh --fast).
+# one worker builds each config once for the whole module (the `built` fixture)
+pytestmark = pytest.mark.xdist_group("built_models")
+
+
 @pytest.fixture(scope="module", ids=[p.stem for p in GLOBAL_NORM], params=[
     p if p.stem == "small_cpu" else pytest.param(p, marks=pytest.mark.slow) for p in GLOBAL_NORM])
 def built(request, tmp_path_factory) -> Built:
