@@ -12,13 +12,13 @@ pytestmark = pytest.mark.slow
 
 
 def test_wer_falls_between_rounds(tmp_path):
-    data = make_small_data(tmp_path / "data", per_client=100, clients=2)
+    data = make_small_data(tmp_path / "data", per_client=60, clients=2)
     save = tmp_path / "run"
     result = run_cli([
         sys.executable, "scripts/launch.py", "--num_clients", "2", "--data_path", str(data),
         "--tr_path", str(data), "--dev_path", str(data / "dev.tsv"),
         "--test_path", str(data / "test.tsv"), "--tr_add_path", str(data / "train_add.tsv"),
-        "--tokenizer_path", str(data / "train.tsv"), "--rounds", "2", "--local_epochs", "5",
+        "--tokenizer_path", str(data / "train.tsv"), "--rounds", "2", "--local_epochs", "4",
         "--save_path", str(save),
         # smaller batches: more optimiser steps from the same few utterances
         "--server_args", "--override", "batch_size=4",
@@ -28,7 +28,9 @@ def test_wer_falls_between_rounds(tmp_path):
     history = json.loads((save / "history.json").read_text())
     print([(r["round"], r["test_wer"], r["test_cer"], r["test_loss"]) for r in history])
     # Characters come before words: in two short rounds the CER falls clearly, while the WER
-    # may still be near 100 % (every word needs all its letters right).
+    # may still be near 100 % (every word needs all its letters right). Measured with these
+    # settings: CER 91.7 % after round 1, 78.3 % after round 2 (100 utterances per client and 5
+    # epochs: 92.5 -> 36.6 %, in 1.6x the time; 50 and 3: no fall at all).
     first, last = history[0]["test_cer"], history[-1]["test_cer"]
     assert last < first - 5.0, (first, last)
     assert history[-1]["test_wer"] <= history[0]["test_wer"]
