@@ -65,15 +65,6 @@ def test_final_model_is_what_the_server_evaluated(seeded_run, small_data: Path,
     assert brain.test(datasets["test"])["wer"] == pytest.approx(history[-1]["test_wer"])
 
 
-def test_wer_weighting_one_round(small_data: Path, tmp_path: Path) -> None:
-    """WER weighting through a real federation: one round (the second adds nothing the seeded
-    run does not check; the weighting math itself is in test_strategy.py, and loss weighting
-    runs in test_faults.py's bad-update federation)."""
-    save = tmp_path / "run"
-    result = launch(small_data, save, "--weight_strategy", "wer", rounds=1)
-    check_rounds(result, save, rounds=1)
-
-
 def test_launcher_fails_fast_when_a_client_fails(small_data: Path, tmp_path: Path) -> None:
     """A client that cannot start makes the launcher stop the server and exit non-zero."""
     started = time.monotonic()

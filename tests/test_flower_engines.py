@@ -52,12 +52,15 @@ def check_outputs(save: Path, result: subprocess.CompletedProcess, clients: int,
 
 
 def test_simulation_engine(small_data: Path, tmp_path: Path) -> None:
-    """Six virtual clients drawing IID shards of one TSV, three trained per round."""
+    """Six virtual clients drawing IID shards of one TSV, three trained per round, weighted by
+    their validation WER (the one weighting no other real federation in the suite uses)."""
     save = tmp_path / "sim"
     result = flower_run("simulate", small_data, save, "--num_clients", "6",
                         "--clients_per_round", "3", "--partition_by", "iid",
+                        "--weight_strategy", "wer",
                         "--tr_path", str(small_data / "train_0.tsv"), "--cpus", "2", rounds=2)
     history = check_outputs(save, result, clients=3, rounds=2)
+    assert all(row["weight_strategy"] == "wer" for row in history)
     # Cross-device sampling: the trained clients are partition ids out of six.
     assert all(set(row["coefficients"]) <= {str(k) for k in range(6)} for row in history)
     summary = json.loads((save / "flower_run.json").read_text())
