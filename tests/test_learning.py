@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
-from conftest import make_small_data, run_cli
+from conftest import launch, make_small_data
 
 pytestmark = pytest.mark.slow
 
@@ -14,16 +13,13 @@ pytestmark = pytest.mark.slow
 def test_wer_falls_between_rounds(tmp_path):
     data = make_small_data(tmp_path / "data", per_client=60, clients=2)
     save = tmp_path / "run"
-    result = run_cli([
-        sys.executable, "scripts/launch.py", "--num_clients", "2", "--data_path", str(data),
-        "--tr_path", str(data), "--dev_path", str(data / "dev.tsv"),
-        "--test_path", str(data / "test.tsv"), "--tr_add_path", str(data / "train_add.tsv"),
-        "--tokenizer_path", str(data / "train.tsv"), "--rounds", "2", "--local_epochs", "4",
-        "--save_path", str(save),
+    result = launch(
+        data, save, "--local_epochs", "4",
         # smaller batches: more optimiser steps from the same few utterances
         "--server_args", "--override", "batch_size=4",
         "--client_args", "--override", "batch_size=4",
-    ], timeout=900)
+        timeout=900,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     history = json.loads((save / "history.json").read_text())
     print([(r["round"], r["test_wer"], r["test_cer"], r["test_loss"]) for r in history])
