@@ -134,15 +134,18 @@ def test_speaker_eval_rejects_bad_flags(tmp_path):
     assert ROOT.is_dir()
 
 
-def test_real_cpu_config_augments_and_keeps_no_global_statistics(tmp_path):
-    """The real-speech recipe's augmenters keep the batch; sentence norm ships no statistics."""
+@pytest.mark.parametrize("norm_type, ships_statistics", [("sentence", False), ("global", True)])
+def test_real_cpu_config_augments_and_normalises(tmp_path, norm_type, ships_statistics):
+    """The real-speech recipe's augmenters keep the batch; its ``norm_type`` knob decides whether
+    normalisation statistics travel with the weights (global) or none exist (per utterance)."""
     import torch
 
     import config_file
     from weights import model_state_dict
 
     path = ROOT / "configs" / "real_cpu.yaml"
-    hparams = config_file.load_hparams(path, {"output_folder": str(tmp_path), "augment_prob": 1.0})
+    hparams = config_file.load_hparams(
+        path, {"output_folder": str(tmp_path), "augment_prob": 1.0, "norm_type": norm_type})
     config_file.check_config_keys(path, hparams)
     wavs, lens = torch.randn(3, 4000) * 0.1, torch.ones(3)
     wavs, lens = hparams["wav_augment"](wavs, lens)
@@ -150,4 +153,4 @@ def test_real_cpu_config_augments_and_keeps_no_global_statistics(tmp_path):
     masked, _ = hparams["feature_augment"](feats, lens)
     assert masked.shape == feats.shape and wavs.shape[0] == 3
     state = model_state_dict(torch.nn.ModuleDict(hparams["modules"]))
-    assert not any(k.endswith("glob_mean") for k in state)
+    assert any(k.endswith("glob_mean") for k in state) is ships_statistics

@@ -24,8 +24,10 @@ import weights
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 # Configs whose normaliser keeps global statistics outside state_dict (the ones weights.py ships);
-# per-utterance normalisation (real_cpu.yaml) has none: tested on its own below.
-GLOBAL_NORM = [p for p in CONFIGS if "norm_type: sentence" not in p.read_text()]
+# per-utterance normalisation (real_cpu.yaml's norm_type: sentence) has none: tested on its own
+# below.
+GLOBAL_NORM = [p for p in CONFIGS if not any(
+    line.split("#")[0].strip() == "norm_type: sentence" for line in p.read_text().splitlines())]
 SMALL = ROOT / "configs" / "small_cpu.yaml"
 STAT_KEYS = ["normalize.glob_mean", "normalize.glob_std", "normalize.count"]
 
