@@ -136,3 +136,12 @@ def run_cli(cmd: list[str], timeout: float = 300, **kwargs) -> subprocess.Comple
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout, **kwargs)
+
+
+# The tests that take longest (each a minute or more of real federations) start first, so the two
+# pytest-xdist workers of scripts/run_tests.sh end together instead of one waiting for the other.
+LONGEST_FIRST = ("test_flower_engines.py", "test_faults.py", "test_learning.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.nodeid.split("::")[0].endswith(LONGEST_FIRST) is False)
