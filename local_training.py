@@ -20,7 +20,7 @@ from brain import ASR
 from errors import UsageError
 from round_core import NDArrays
 from tokenizer import TokenizerMismatch
-from weights import get_weights, load_model_file, set_weights
+from weights import get_weights, load_model_file, move_modules, set_weights
 
 logger = logging.getLogger("client")
 
@@ -95,13 +95,13 @@ class LocalTrainer:
         set_weights(weights, brain.modules, home)
         if device != home:
             brain.device = device
-            brain.modules.to(device)
+            move_modules(brain.modules, device)
         try:
             result = brain.test(self.dev_data)
         finally:
             if device != home:
                 brain.device = home
-                brain.modules.to(home)
+                move_modules(brain.modules, home)
         _release_gpu_memory()
         metrics = {"wer": result["wer"], "cer": result["cer"],
                    "eval_seconds": brain.stage_seconds.get(sb.Stage.TEST, 0.0)}

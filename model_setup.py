@@ -18,7 +18,7 @@ from brain import ASR
 from common_voice_prepare import prepare_tsv
 from config_file import ConfigError, check_config_keys, load_hparams, save_resolved_config
 from tokenizer import load_tokenizer
-from weights import init_norm_stats
+from weights import init_norm_stats, move_modules
 
 
 def build_brain(
@@ -71,7 +71,7 @@ def build_brain(
     brain.tokenizer = tokenizer
     brain._reset_counts()
     init_norm_stats(brain.modules, hparams["n_mels"])
-    brain.modules.to(brain.device)
+    move_modules(brain.modules, brain.device)
     return brain
 
 

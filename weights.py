@@ -154,6 +154,18 @@ def init_norm_stats(modules: torch.nn.Module, num_features: int) -> None:
             module.count = 0
 
 
+def move_modules(modules: torch.nn.Module, device: str | torch.device) -> None:
+    """``modules.to(device)``, global normalisation statistics included.
+
+    ``Module.to`` moves parameters and buffers only; statistics kept as plain attributes would stay
+    behind and the first forward pass on the other device would fail.
+    """
+    modules.to(device)
+    for _, module in _stat_modules(modules):
+        module.glob_mean = module.glob_mean.to(device)
+        module.glob_std = module.glob_std.to(device)
+
+
 def save_checkpoint(state: Mapping[str, torch.Tensor], path: str | Path) -> None:
     """Write a plain tensor dict atomically: temp file in the same folder, fsync, then rename.
 

@@ -267,6 +267,20 @@ def test_set_weights_from_other_model_and_no_aliasing(small, fresh):
     assert_holds(fresh, keys, expected)
 
 
+def test_move_modules_moves_the_statistics_too(small):
+    # Module.to leaves plain-attribute statistics behind: a model built for a GPU then failed its
+    # first forward pass (cuda weights, CPU statistics). "meta" stands in for the other device.
+    small.to("meta")
+    assert small["normalize"].glob_mean.device.type == "cpu"  # what Module.to alone does
+
+    weights.move_modules(small, "meta")
+
+    assert all(p.device.type == "meta" for p in small.parameters())
+    assert {small["normalize"].glob_mean.device.type, small["normalize"].glob_std.device.type} == {
+        "meta"}
+    assert small["normalize"].glob_mean.shape == (40,) and small["normalize"].count == 90
+
+
 def test_checkpoint_round_trip(small, fresh, tmp_path):
     path = tmp_path / "ckpt" / "x.ckpt"
     weights.save_checkpoint(weights.model_state_dict(small), path)
