@@ -27,6 +27,30 @@ def load_audio(path: str, sample_rate: int) -> torch.Tensor:
     return signal
 
 
+def trim_silence(
+    signal: torch.Tensor, sample_rate: int, top_db: float, margin: float = 0.05
+) -> torch.Tensor:
+    """Cut leading and trailing stretches more than ``top_db`` below the clip's loudest frame.
+
+    Recordings differ in how much silence surrounds the speech: some are cut tight, others keep
+    a second of near-digital silence whose log-mel values no other recording has (and which
+    shifts a per-utterance mean). Frames are 10 ms; ``margin`` seconds are kept on either side.
+    An all-quiet clip is returned unchanged.
+    """
+    hop = max(1, sample_rate // 100)
+    frames = signal[: signal.numel() // hop * hop].reshape(-1, hop)
+    if frames.shape[0] == 0:
+        return signal
+    energy_db = 10 * torch.log10(frames.pow(2).mean(dim=1) + 1e-10)
+    loud = torch.nonzero(energy_db > energy_db.max() - top_db).flatten()
+    if loud.numel() == 0 or energy_db.max() <= -100:
+        return signal
+    pad = int(margin * sample_rate)
+    start = max(0, int(loud[0]) * hop - pad)
+    end = min(signal.numel(), (int(loud[-1]) + 1) * hop + pad)
+    return signal[start:end]
+
+
 def make_datasets(
     hparams: dict[str, Any], tokenizer: Tokenizer, sources: dict[str, Path | dict]
 ) -> dict[str, DynamicItemDataset]:
@@ -36,15 +60,20 @@ def make_datasets(
     subset of them for one virtual client).
     """
     sample_rate = hparams["sample_rate"]
+    trim_db = hparams.get("trim_silence_db")
     cache: dict[str, torch.Tensor] | None = {} if hparams.get("cache_audio", False) else None
+
+    def read(wav: str) -> torch.Tensor:
+        signal = load_audio(wav, sample_rate)
+        return signal if trim_db is None else trim_silence(signal, sample_rate, float(trim_db))
 
     @sb.utils.data_pipeline.takes("wav")
     @sb.utils.data_pipeline.provides("sig")
     def audio_pipeline(wav):
         if cache is None:
-            return load_audio(wav, sample_rate)
+            return read(wav)
         if wav not in cache:
-            cache[wav] = load_audio(wav, sample_rate)
+            cache[wav] = read(wav)
         return cache[wav]
 
     bos, eos = hparams["bos_index"], hparams["eos_index"]

@@ -103,6 +103,8 @@ class ASR(sb.Brain):
     # ---- stage hooks ------------------------------------------------------------------------
     def on_stage_start(self, stage, epoch=None):
         self._stage_started = time.monotonic()
+        if stage == sb.Stage.TRAIN and epoch is not None:
+            self._anneal_lr(epoch)
         if stage != sb.Stage.TRAIN:
             self.wer_metric = ErrorRateStats()
             self.cer_metric = ErrorRateStats(split_tokens=True)
@@ -135,6 +137,22 @@ class ASR(sb.Brain):
         if self.lr_override is not None and self.opt_class is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr_override
+        if self.opt_class is not None:
+            self._base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+
+    def _anneal_lr(self, epoch: int) -> None:
+        """Scale this fit's learning rate by the config's ``lr_annealing`` at global ``epoch``.
+
+        The optimiser is rebuilt every round, so the schedule follows the epoch numbering that
+        counts across rounds (:meth:`train_epochs`): round r's epochs continue where r-1 stopped,
+        on every client and in server-side training alike. No ``lr_annealing``: a constant rate.
+        """
+        annealing = getattr(self.hparams, "lr_annealing", None)
+        if annealing is None or getattr(self, "optimizer", None) is None:
+            return
+        factor, _ = annealing(epoch)
+        for group, base in zip(self.optimizer.param_groups, self._base_lrs, strict=True):
+            group["lr"] = base * factor
 
     # ---- sample counting --------------------------------------------------------------------
     def fit_batch(self, batch):

@@ -154,3 +154,52 @@ def test_real_cpu_config_augments_and_normalises(tmp_path, norm_type, ships_stat
     assert masked.shape == feats.shape and wavs.shape[0] == 3
     state = model_state_dict(torch.nn.ModuleDict(hparams["modules"]))
     assert any(k.endswith("glob_mean") for k in state) is ships_statistics
+
+
+def test_trim_silence_cuts_quiet_ends_only():
+    import torch
+
+    from audio_data import trim_silence
+
+    rate = 8000
+    gen = torch.Generator().manual_seed(0)
+    quiet = 3e-4 * torch.randn(1600, generator=gen)  # 0.2 s at about -70 dB
+    t = torch.arange(2400) / rate
+    speech = 0.1 * torch.sin(2 * torch.pi * 440 * t)  # 0.3 s at about -23 dB
+    signal = torch.cat([quiet, speech, quiet])
+
+    trimmed = trim_silence(signal, rate, top_db=30, margin=0.05)
+
+    assert trimmed.numel() == 2400 + 2 * 400  # the speech and 50 ms either side
+    assert torch.equal(trimmed[400:2800], speech)  # a slice: no sample changed
+    assert trim_silence(signal, rate, top_db=80).numel() == signal.numel()  # floor above -70 dB
+    silent = torch.zeros(4000)
+    assert torch.equal(trim_silence(silent, rate, top_db=30), silent)
+    assert trim_silence(torch.ones(40), rate, top_db=30).numel() == 40  # shorter than a frame
+
+
+def test_learning_rate_halves_every_half_life_across_rounds(tmp_path):
+    """real_cpu.yaml's ``lr_annealing`` follows the epoch numbering that counts across rounds,
+    for the clients' rate and the server's alike (a fresh optimiser each round)."""
+    from conftest import subset_tsv
+
+    from model_setup import init_model
+
+    subset_tsv(ROOT / "temp_dataset" / "train_0.tsv", tmp_path / "train.tsv", 4)
+    brain, data = init_model(
+        ROOT / "configs" / "real_cpu.yaml", output_folder=tmp_path / "out",
+        data_folder=ROOT / "temp_dataset", train_tsv=tmp_path / "train.tsv",
+        tokenizer_source=ROOT / "temp_dataset" / "train.tsv", device="cpu",
+        overrides={"token_type": "char"},
+    )
+    half_life, lr, server_lr = (brain.hparams.lr_half_life, brain.hparams.lr,
+                                brain.hparams.server_lr)
+
+    def rate_after(first_epoch: int, lr_override: float | None = None) -> float:
+        brain.train_epochs(data["train"], None, epochs=1, first_epoch=first_epoch,
+                           lr=lr_override)
+        return brain.optimizer.param_groups[0]["lr"]
+
+    assert rate_after(1) == pytest.approx(lr * 2 ** (-1 / half_life))
+    assert rate_after(2 * half_life) == pytest.approx(lr / 4)  # round 5 of 2-epoch rounds
+    assert rate_after(half_life, server_lr) == pytest.approx(server_lr / 2)
