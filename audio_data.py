@@ -33,18 +33,18 @@ def trim_silence(
     """Cut leading and trailing stretches more than ``top_db`` below the clip's loudest frame.
 
     Recordings differ in how much silence surrounds the speech: some are cut tight, others keep
-    a second of near-digital silence whose log-mel values no other recording has (and which
-    shifts a per-utterance mean). Frames are 10 ms; ``margin`` seconds are kept on either side.
-    An all-quiet clip is returned unchanged.
+    a tenth of a second of near-digital silence whose log-mel values no other recording has (and
+    which shifts a per-utterance mean). Frames are 10 ms; ``margin`` seconds are kept on either
+    side. A clip shorter than a frame, or all zeros, is returned unchanged.
     """
     hop = max(1, sample_rate // 100)
     frames = signal[: signal.numel() // hop * hop].reshape(-1, hop)
     if frames.shape[0] == 0:
         return signal
     energy_db = 10 * torch.log10(frames.pow(2).mean(dim=1) + 1e-10)
-    loud = torch.nonzero(energy_db > energy_db.max() - top_db).flatten()
-    if loud.numel() == 0 or energy_db.max() <= -100:
+    if energy_db.max() <= -100:  # digital silence throughout: nothing to anchor the cut on
         return signal
+    loud = torch.nonzero(energy_db > energy_db.max() - top_db).flatten()
     pad = int(margin * sample_rate)
     start = max(0, int(loud[0]) * hop - pad)
     end = min(signal.numel(), (int(loud[-1]) + 1) * hop + pad)

@@ -134,11 +134,12 @@ class ASR(sb.Brain):
 
     def init_optimizers(self):
         super().init_optimizers()
-        if self.lr_override is not None and self.opt_class is not None:
+        if self.opt_class is None:
+            return
+        if self.lr_override is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr_override
-        if self.opt_class is not None:
-            self._base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self._base_lrs = [group["lr"] for group in self.optimizer.param_groups]
 
     def _anneal_lr(self, epoch: int) -> None:
         """Scale this fit's learning rate by the config's ``lr_annealing`` at global ``epoch``.

@@ -59,11 +59,11 @@ def test_full_size_model_trains_on_gpu_and_ships_cpu_arrays(tmp_path, gpu_data, 
     assert samples == EPOCHS * TRAIN_UTTS
     assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["valid_wer"])
     # Flower gets CPU numpy arrays, one per weight key, with the shapes and dtypes it started with.
-    assert len(new) == len(weight_keys(brain.modules)) == len(start)
+    keys = weight_keys(brain.modules)
+    assert len(new) == len(keys) == len(start)
     assert all(isinstance(a, np.ndarray) and a.shape == b.shape and a.dtype == b.dtype
                for a, b in zip(new, start, strict=True))
     assert all(np.isfinite(a).all() for a in new if a.dtype.kind == "f")
-    keys = weight_keys(brain.modules)
     changed = {k for k, a, b in zip(keys, new, start, strict=True) if not np.array_equal(a, b)}
     assert {"normalize.glob_mean", "normalize.glob_std"} <= changed  # statistics travel too
     assert len(changed) > len(keys) // 2
