@@ -88,15 +88,20 @@ def settings(args: argparse.Namespace) -> dict:
 def run_fold(fold: Fold, args: argparse.Namespace, kinds: list[str]) -> dict:
     fold_dir = args.save_path / fold.held_out
     kept = fold_dir / "result.json"
-    if args.resume and kept.is_file():
-        result = json.loads(kept.read_text(encoding="utf-8"))
-        if result.get("settings") == settings(args) and all(k in result for k in kinds):
-            print(f"speaker_eval: {fold.held_out}: kept result from {kept}", flush=True)
-            return result
-    files = write_fold(fold, fold_dir)
     result: dict = {"held_out": fold.held_out, "clients": len(fold.clients),
                     "sizes": {k: len(v) for k, v in fold.parts.items()} | {
                         "unseen": len(fold.unseen)}}
+    if args.resume and kept.is_file():
+        old = json.loads(kept.read_text(encoding="utf-8"))
+        if old.get("settings") == settings(args):
+            # Keep the runs already made with these settings; make only the missing ones (the
+            # federated runs can be timed alone, the centralised ones made later).
+            result |= {k: old[k] for k in RUN_KINDS if k in old}
+            kinds = [k for k in kinds if k not in old]
+            if not kinds:
+                print(f"speaker_eval: {fold.held_out}: kept result from {kept}", flush=True)
+                return result
+    files = write_fold(fold, fold_dir)
     if "federated" in kinds:
         result["federated"] = run_federated(fold_dir, files, args, len(fold.clients))
         print(f"speaker_eval: {fold.held_out}: federated {result['federated']}", flush=True)
@@ -206,8 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_server_training", dest="server_training", action="store_false")
     p.add_argument("--save_path", type=Path, default=Path("results/speakers"))
     p.add_argument("--resume", action="store_true",
-                   help="reuse a fold's kept result (<save_path>/<speaker>/result.json) when it "
-                        "was made with the same settings: run folds one by one, then tabulate")
+                   help="reuse a fold's kept runs (<save_path>/<speaker>/result.json) made "
+                        "with the same settings and make only the missing ones: run folds one "
+                        "by one, or the federated runs first and the centralised ones later, "
+                        "then tabulate")
     p.add_argument("--update_readme", action="store_true")
     add_model_flags(p)
     p.set_defaults(config_file="real_cpu.yaml")

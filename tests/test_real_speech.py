@@ -121,6 +121,31 @@ def test_split_takes_sizes_and_errors():
         make_folds(rows_of({"a": 5}), seed=1, fractions={})
 
 
+def test_speaker_eval_resume_reuses_kept_runs(tmp_path):
+    """--resume reuses a fold's kept runs: asked for the kept kinds, it runs nothing."""
+    import json
+
+    from scripts.speaker_eval import build_parser, run_fold, settings
+
+    args = build_parser().parse_args([str(tmp_path), "--resume", "--save_path", str(tmp_path)])
+    fold = make_folds(rows_of({"a": 20, "b": 20}), seed=1, fractions={"test": 0.1})[0]
+    kept = tmp_path / fold.held_out / "result.json"
+    kept.parent.mkdir()
+    federated = {"test_wer": 5.0, "unseen_wer": 30.0, "seconds": 300.0}
+    kept.write_text(json.dumps({"federated": federated, "settings": settings(args)}))
+
+    result = run_fold(fold, args, ["federated"])
+
+    assert result["federated"] == federated and result["held_out"] == fold.held_out
+    assert "centralised" not in result
+    assert not (tmp_path / fold.held_out / "train.tsv").exists()  # nothing was run
+    centralised = {"test_wer": 4.0, "unseen_wer": 35.0, "seconds": 400.0}
+    kept.write_text(json.dumps({"federated": federated, "centralised": centralised,
+                                "settings": settings(args)}))
+    both = run_fold(fold, args, ["federated", "centralised"])
+    assert both["federated"] == federated and both["centralised"] == centralised
+
+
 def test_speaker_eval_rejects_bad_flags(tmp_path):
     (tmp_path / "clips").mkdir()
     result = run_cli([PYTHON, "scripts/speaker_eval.py", str(tmp_path), "--runs", "both"])
@@ -203,3 +228,4 @@ def test_learning_rate_halves_every_half_life_across_rounds(tmp_path):
     assert rate_after(1) == pytest.approx(lr * 2 ** (-1 / half_life))
     assert rate_after(2 * half_life) == pytest.approx(lr / 4)  # round 5 of 2-epoch rounds
     assert rate_after(half_life, server_lr) == pytest.approx(server_lr / 2)
+
