@@ -44,6 +44,10 @@ class ASR(sb.Brain):
         # stays False, so the labels need no replicating.
         if train and getattr(self.hparams, "wav_augment", None) is not None:
             wavs, wav_lens = self.hparams.wav_augment(wavs, wav_lens)
+        # Training-only randomness of the feature extractor (Fbank's param_rand_factor warps the
+        # mel filters, VTLP-like) must be off in evaluation; it lives in hparams, not modules, so
+        # Brain does not switch its mode.
+        self.hparams.compute_features.train(train)
         feats = self.hparams.compute_features(wavs)
         epoch = self.hparams.epoch_counter.current if train else None
         feats = self.modules.normalize(feats, wav_lens, epoch=epoch)

@@ -229,3 +229,34 @@ def test_learning_rate_halves_every_half_life_across_rounds(tmp_path):
     assert rate_after(2 * half_life) == pytest.approx(lr / 4)  # round 5 of 2-epoch rounds
     assert rate_after(half_life, server_lr) == pytest.approx(server_lr / 2)
 
+
+def test_vtlp_warps_training_features_only(tmp_path):
+    """real_cpu.yaml's vocal tract length perturbation (Fbank's param_rand_factor) changes every
+    training forward pass and never an evaluation one: the feature extractor lives outside the
+    Brain's modules, so compute_forward sets its mode itself."""
+    import speechbrain as sb
+    import torch
+    from conftest import subset_tsv
+    from speechbrain.dataio.batch import PaddedBatch
+
+    from model_setup import init_model
+
+    subset_tsv(ROOT / "temp_dataset" / "train_0.tsv", tmp_path / "train.tsv", 2)
+    brain, data = init_model(
+        ROOT / "configs" / "real_cpu.yaml", output_folder=tmp_path / "out",
+        data_folder=ROOT / "temp_dataset", train_tsv=tmp_path / "train.tsv",
+        tokenizer_source=ROOT / "temp_dataset" / "train.tsv", device="cpu",
+        overrides={"token_type": "char", "augment_prob": 0.0},  # only VTLP is random
+    )
+    assert brain.hparams.vtlp_factor > 0
+    batch = PaddedBatch([data["train"][i] for i in range(2)])
+    brain.modules.eval()  # no dropout: what differs between two passes is the features
+
+    def p_ctc(stage) -> torch.Tensor:
+        with torch.no_grad():
+            return brain.compute_forward(batch, stage)["p_ctc"]
+
+    torch.manual_seed(0)
+    assert not torch.allclose(p_ctc(sb.Stage.TRAIN), p_ctc(sb.Stage.TRAIN))
+    assert torch.equal(p_ctc(sb.Stage.TEST), p_ctc(sb.Stage.TEST))
+    assert not brain.hparams.compute_features.training
