@@ -117,15 +117,23 @@ def write_fold(fold: Fold, folder: Path) -> dict[str, Path]:
 def train_centralised(
     config_file: Path, files: dict[str, Path], data_path: Path, out: Path, *,
     rounds: int, local_epochs: int, server_training: bool, overrides: dict[str, Any],
+    pretrained: Path | None = None,
 ) -> dict[str, Any]:
-    """The federation's schedule on pooled data (see the module docstring); final test WERs."""
+    """The federation's schedule on pooled data (see the module docstring); final test WERs.
+
+    ``pretrained``: a ``scripts/pretrain.py`` folder to start from, as the federation does.
+    """
     from model_setup import init_model
+    from weights import load_model_file
 
     brain, data = init_model(
         config_file, output_folder=out, data_folder=data_path, train_tsv=files["train"],
         test_tsv=files["test"], extra_tsvs={"unseen": files["unseen"], "server": files["server"]},
-        tokenizer_source=files["train"], overrides=overrides,
+        tokenizer_source=pretrained / "tokenizer.model" if pretrained else files["train"],
+        overrides=overrides,
     )
+    if pretrained:
+        load_model_file(brain.modules, pretrained / "model.ckpt", str(brain.device))
     server_lr = float(getattr(brain.hparams, "server_lr", brain.hparams.lr))
     samples = 0
     for rnd in range(1, rounds + 1):

@@ -49,6 +49,12 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self.processor.get_piece_size()
 
+    def unknown_words(self, lines: list[str]) -> list[str]:
+        """Words of ``lines`` this tokenizer can only write as ``<unk>`` (id 0): a model trained
+        on them would learn to say nothing for them."""
+        words = sorted({w for line in lines for w in line.split()})
+        return [w for w in words if 0 in self.encode_as_ids(w)]
+
 
 def read_transcripts(
     source: str | Path, language: str = "en", accented_letters: bool = False

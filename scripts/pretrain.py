@@ -8,6 +8,10 @@ every server and client of the federation must then share (``--tokenizer_path
 validation WERs.
 
     python scripts/pretrain.py --epochs 15 --save_path results/pretrain
+
+``--tr_path`` may list several TSVs of ``--data_path``, comma-separated (all nine voices of
+``temp_dataset``, say, before a federation on real speech: README "Real speech"); they are merged
+into ``<save_path>/work/pretrain.tsv``.
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ from cli import (  # noqa: E402
     parse_overrides,
     set_threads,
 )
+from common_voice_prepare import read_tsv  # noqa: E402
 from history import write_json_atomic  # noqa: E402
 from model_setup import init_model  # noqa: E402
+from speaker_folds import write_tsv  # noqa: E402
 from weights import model_state_dict, save_checkpoint  # noqa: E402
 
 OLD_NAME = "(old name {}, kept for one release)"
@@ -47,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                    save_path="results/pretrain")
     p.add_argument("--tr_path", "--train_tsv", dest="tr_path",
                    default=str(ROOT / "temp_dataset" / "pretrain.tsv"),
-                   help="pre-training split (not any client's data) " + OLD_NAME.format(
-                       "--train_tsv"))
+                   help="pre-training split(s), comma-separated (not any client's data) " +
+                        OLD_NAME.format("--train_tsv"))
     p.add_argument("--dev_path", "--dev_tsv", dest="dev_path",
                    default=str(ROOT / "temp_dataset" / "dev.tsv"),
                    help="validation split, for the WER printed after every epoch " +
@@ -59,19 +65,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def training_tsv(tr_path: str, work: Path) -> str:
+    """The one TSV to train on: ``tr_path`` itself, or its comma-separated TSVs merged."""
+    tsvs = [t for t in tr_path.split(",") if t]
+    for tsv in tsvs or [tr_path]:  # before the tokenizer is trained from it
+        if not Path(tsv).is_file():
+            raise UsageError(f"--tr_path {tsv}: no such TSV file")
+    if len(tsvs) == 1:
+        return tsvs[0]
+    rows = [row for tsv in tsvs for row in read_tsv(tsv)]
+    return str(write_tsv(work / "pretrain.tsv", rows))
+
+
 def run(args: argparse.Namespace) -> Path:
     check_at_least(args.epochs, 1, "--epochs")
     check_data_flags(args.data_path, args.tokenizer_path, args.save_path)
-    if not Path(args.tr_path).is_file():  # before the tokenizer is trained from it
-        raise UsageError(f"--tr_path {args.tr_path}: no such TSV file")
     check_file(args.dev_path, "--dev_path")
-    set_threads(args.num_threads)
     out = Path(args.save_path)
+    train_tsv = training_tsv(args.tr_path, out / "work")
+    set_threads(args.num_threads)
     brain, datasets = init_model(
         Path(args.config_path) / args.config_file,
         output_folder=out / "work",
         data_folder=args.data_path,
-        train_tsv=args.tr_path,
+        train_tsv=train_tsv,
         valid_tsv=args.dev_path,
         tokenizer_source=args.tokenizer_path,
         device=args.device,

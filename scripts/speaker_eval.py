@@ -12,6 +12,7 @@ new takes of the training speakers, and wall times, per fold and on average:
     python scripts/speaker_eval.py ../shared/data/fsdd4 --update_readme
     python scripts/speaker_eval.py ../shared/data/fsdd4 --folds speaker_george --rounds 5
     python scripts/speaker_eval.py ../shared/data/fsdd4 --resume --update_readme  # kept folds
+    python scripts/speaker_eval.py ../shared/data/fsdd4 --pretrained results/pretrain_real
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from cli import (  # noqa: E402
     UsageError,
     add_model_flags,
     check_at_least,
+    check_file,
     check_fraction,
     main,
     parse_overrides,
@@ -43,6 +45,7 @@ from common_voice_prepare import read_tsv  # noqa: E402
 from history import load_history, write_json_atomic  # noqa: E402
 from scripts.readme_section import update_readme_section  # noqa: E402
 from speaker_folds import Fold, make_folds, train_centralised, write_fold  # noqa: E402
+from tokenizer import Tokenizer, read_transcripts  # noqa: E402
 
 RUN_KINDS = ("federated", "centralised")
 
@@ -65,6 +68,8 @@ def run_federated(fold_dir: Path, files: dict[str, Path], args: argparse.Namespa
     extra = [x for item in args.override for x in ("--override", item)]
     if args.seed is not None:
         extra += ["--seed", str(args.seed)]
+    if args.pretrained:
+        cmd += ["--pre_train_model_path", str(args.pretrained)]
     if extra:
         cmd += ["--server_args", *extra, "--client_args", *extra]
     started = time.monotonic()
@@ -82,7 +87,7 @@ def settings(args: argparse.Namespace) -> dict:
     """What a fold's result depends on: a kept result is reused only if these match."""
     return {k: str(getattr(args, k)) for k in (
         "data_dir", "tsv", "rounds", "local_epochs", "dev_frac", "test_frac", "server_frac",
-        "unseen_max", "server_training", "config_file", "override", "seed")}
+        "unseen_max", "server_training", "config_file", "override", "seed", "pretrained")}
 
 
 def run_fold(fold: Fold, args: argparse.Namespace, kinds: list[str]) -> dict:
@@ -114,6 +119,7 @@ def run_fold(fold: Fold, args: argparse.Namespace, kinds: list[str]) -> dict:
             rounds=args.rounds, local_epochs=args.local_epochs,
             server_training=args.server_training,
             overrides=parse_overrides(args.override, args.seed),
+            pretrained=args.pretrained,
         )
         result["centralised"] = central | {"seconds": time.monotonic() - started}
         print(f"speaker_eval: {fold.held_out}: centralised {result['centralised']}", flush=True)
@@ -147,7 +153,9 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
         f"held-out (fold 1: {sizes['train']} / {sizes['dev']} / {sizes['test']} / "
         f"{sizes['server']} pooled; {sizes['unseen']} takes of the held-out speaker). "
         "Centralised: the same schedule (same passes over the same utterances) on pooled data. "
-        "WER in %, after the last round.",
+        + (f"Both start from the pre-trained `{args.pretrained.name}` (`scripts/pretrain.py`, "
+           "other speakers; not in the wall times). " if args.pretrained else "")
+        + "WER in %, after the last round.",
         "",
         "| held-out speaker | federated WER, held-out speaker | centralised WER, held-out "
         "speaker | fed/central | federated WER, new takes | centralised WER, new takes | "
@@ -215,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "with the same settings and make only the missing ones: run folds one "
                         "by one, or the federated runs first and the centralised ones later, "
                         "then tabulate")
+    p.add_argument("--pretrained", type=Path, default=None, metavar="DIR",
+                   help="start both runs of every fold from DIR/model.ckpt with "
+                        "DIR/tokenizer.model (scripts/pretrain.py, on other speakers)")
     p.add_argument("--update_readme", action="store_true")
     add_model_flags(p)
     p.set_defaults(config_file="real_cpu.yaml")
@@ -231,6 +242,16 @@ def run(args: argparse.Namespace) -> list[dict]:
         raise UsageError(f"--runs: expected a comma list of {', '.join(RUN_KINDS)}")
     if not (args.data_dir / "clips").is_dir():
         raise UsageError(f"{args.data_dir}: no clips/ folder (not a Common Voice folder)")
+    if args.pretrained:
+        args.pretrained = args.pretrained.resolve()
+        for name in ("model.ckpt", "tokenizer.model"):
+            check_file(args.pretrained / name, "--pretrained")
+        unknown = Tokenizer(args.pretrained / "tokenizer.model").unknown_words(
+            read_transcripts(args.data_dir / args.tsv))
+        if unknown:
+            raise UsageError(f"--pretrained {args.pretrained}: its tokenizer has no tokens for "
+                             f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} "
+                             f"of {args.data_dir / args.tsv}")
     args.data_dir = args.data_dir.resolve()
     args.save_path = args.save_path if args.save_path.is_absolute() else ROOT / args.save_path
     rows = read_tsv(args.data_dir / args.tsv)

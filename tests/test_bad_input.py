@@ -295,6 +295,9 @@ FLAG_CASES = [
     # -- pretrain: the TSV is read by init_model's prepare_tsv, before the model is built -------
     FlagCase("pretrain_tr_path_missing", "`pretrain.py --tr_path` missing", ("{tmp}/nope.tsv",),
              **flags("--tr_path", "{tmp}/nope.tsv", program="pretrain")),
+    FlagCase("pretrain_tr_path_list_missing", "`pretrain.py --tr_path a.tsv,b.tsv`, one missing",
+             ("{tmp}/nope.tsv",),
+             **flags("--tr_path", "{data}/train.tsv,{tmp}/nope.tsv", program="pretrain")),
 ]
 
 

@@ -146,6 +146,46 @@ def test_speaker_eval_resume_reuses_kept_runs(tmp_path):
     assert both["federated"] == federated and both["centralised"] == centralised
 
 
+def test_pretrain_merges_comma_separated_tsvs(tmp_path):
+    from scripts.pretrain import training_tsv
+
+    a, b = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    a.write_text("client_id\tpath\tsentence\nv1\t1.mp3\tone\n", encoding="utf-8")
+    b.write_text("client_id\tpath\tsentence\tage\nv2\t2.mp3\ttwo three\t\n", encoding="utf-8")
+
+    merged = training_tsv(f"{a},{b}", tmp_path / "work")
+
+    assert [(r["client_id"], r["path"], r["sentence"]) for r in read_tsv(merged)] == [
+        ("v1", "1.mp3", "one"), ("v2", "2.mp3", "two three")]
+    assert training_tsv(str(a), tmp_path / "work") == str(a)  # one TSV is used as it is
+    with pytest.raises(UserError, match="nope.tsv"):
+        training_tsv(f"{a},{tmp_path / 'nope.tsv'}", tmp_path / "work")
+
+
+def test_speaker_eval_checks_the_pretrained_folder(tmp_path):
+    """--pretrained needs both files, and a tokenizer that can write every word of the corpus."""
+    from cli import UsageError
+    from scripts.speaker_eval import build_parser, run
+    from tokenizer import load_tokenizer
+
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "all.tsv").write_text(
+        "client_id\tpath\tsentence\na\tx.wav\tone\nb\ty.wav\tthree two\n", encoding="utf-8")
+    pre = tmp_path / "pre"
+    pre.mkdir()
+    (pre / "model.ckpt").write_bytes(b"")
+    args = build_parser().parse_args([str(tmp_path), "--pretrained", str(pre)])
+    with pytest.raises(UsageError, match="--pretrained .*tokenizer.model"):
+        run(args)
+    known = tmp_path / "known.tsv"
+    known.write_text("client_id\tpath\tsentence\nv\tz.wav\tone two\n", encoding="utf-8")
+    model = load_tokenizer(known, tmp_path / "tok", vocab_size=8, model_type="word").path
+    (pre / "tokenizer.model").write_bytes(model.read_bytes())
+
+    with pytest.raises(UsageError, match="no tokens for THREE of"):
+        run(build_parser().parse_args([str(tmp_path), "--pretrained", str(pre)]))
+
+
 def test_speaker_eval_rejects_bad_flags(tmp_path):
     (tmp_path / "clips").mkdir()
     result = run_cli([PYTHON, "scripts/speaker_eval.py", str(tmp_path), "--runs", "both"])
