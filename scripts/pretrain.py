@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def training_tsv(tr_path: str, work: Path) -> str:
     """The one TSV to train on: ``tr_path`` itself, or its comma-separated TSVs merged."""
-    tsvs = [t for t in tr_path.split(",") if t]
-    for tsv in tsvs or [tr_path]:  # before the tokenizer is trained from it
+    tsvs = [t for t in tr_path.split(",") if t] or [tr_path]
+    for tsv in tsvs:  # before the tokenizer is trained from it
         if not Path(tsv).is_file():
             raise UsageError(f"--tr_path {tsv}: no such TSV file")
     if len(tsvs) == 1:

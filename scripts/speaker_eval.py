@@ -45,7 +45,8 @@ from common_voice_prepare import read_tsv  # noqa: E402
 from history import load_history, write_json_atomic  # noqa: E402
 from scripts.readme_section import update_readme_section  # noqa: E402
 from speaker_folds import Fold, make_folds, train_centralised, write_fold  # noqa: E402
-from tokenizer import Tokenizer, read_transcripts  # noqa: E402
+from text_normalization import normalize_sentence  # noqa: E402
+from tokenizer import Tokenizer  # noqa: E402
 
 RUN_KINDS = ("federated", "centralised")
 
@@ -232,6 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_pretrained(folder: Path, rows: list[dict[str, str]], tsv: Path) -> None:
+    """A ``scripts/pretrain.py`` folder whose tokenizer can write every word of ``rows``."""
+    for name in ("model.ckpt", "tokenizer.model"):
+        check_file(folder / name, "--pretrained")
+    lines = [normalize_sentence(row["sentence"]) for row in rows]
+    unknown = Tokenizer(folder / "tokenizer.model").unknown_words(lines)
+    if unknown:
+        raise UsageError(f"--pretrained {folder}: its tokenizer has no tokens for "
+                         f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} of {tsv}")
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     check_at_least(args.rounds, 1, "--rounds")
     check_at_least(args.local_epochs, 1, "--local_epochs")
@@ -242,19 +254,12 @@ def run(args: argparse.Namespace) -> list[dict]:
         raise UsageError(f"--runs: expected a comma list of {', '.join(RUN_KINDS)}")
     if not (args.data_dir / "clips").is_dir():
         raise UsageError(f"{args.data_dir}: no clips/ folder (not a Common Voice folder)")
-    if args.pretrained:
-        args.pretrained = args.pretrained.resolve()
-        for name in ("model.ckpt", "tokenizer.model"):
-            check_file(args.pretrained / name, "--pretrained")
-        unknown = Tokenizer(args.pretrained / "tokenizer.model").unknown_words(
-            read_transcripts(args.data_dir / args.tsv))
-        if unknown:
-            raise UsageError(f"--pretrained {args.pretrained}: its tokenizer has no tokens for "
-                             f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} "
-                             f"of {args.data_dir / args.tsv}")
     args.data_dir = args.data_dir.resolve()
     args.save_path = args.save_path if args.save_path.is_absolute() else ROOT / args.save_path
     rows = read_tsv(args.data_dir / args.tsv)
+    if args.pretrained:
+        args.pretrained = args.pretrained.resolve()
+        check_pretrained(args.pretrained, rows, args.data_dir / args.tsv)
     fractions = {"dev": args.dev_frac, "test": args.test_frac, "server": args.server_frac}
     folds = make_folds(rows, seed=1234 if args.seed is None else args.seed,
                        fractions=fractions, unseen_max=args.unseen_max or None)
