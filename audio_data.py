@@ -102,10 +102,23 @@ def make_datasets(
         sb.dataio.dataset.add_dynamic_item([data], audio_pipeline)
         sb.dataio.dataset.add_dynamic_item([data], text_pipeline)
         sb.dataio.dataset.set_output_keys(
-            [data], ["id", "sig", "wrd", "tokens_bos", "tokens_eos", "tokens"]
+            [data], ["id", "sig", "spk_id", "wrd", "tokens_bos", "tokens_eos", "tokens"]
         )
         datasets[split] = data
+    normalize = hparams.get("normalize")
+    if getattr(normalize, "norm_type", None) == "speaker":
+        measure_speakers(normalize, hparams["compute_features"], datasets.values())
     return datasets
+
+
+def measure_speakers(normalize, extractor, datasets) -> None:
+    """Add every utterance of the datasets to ``normalize``'s per-speaker means (``speaker_norm``),
+    from unaugmented audio and features: the feature extractor in evaluation mode (no VTLP)."""
+    extractor.train(False)
+    for data in datasets:
+        with data.output_keys_as(["id", "spk_id", "sig"]):
+            normalize.add_utterances(
+                ((item["id"], item["spk_id"], item["sig"]) for item in data), extractor)
 
 
 def load_csv_rows(csv_file: str | Path) -> dict[str, dict[str, Any]]:

@@ -50,7 +50,10 @@ class ASR(sb.Brain):
         self.hparams.compute_features.train(train)
         feats = self.hparams.compute_features(wavs)
         epoch = self.hparams.epoch_counter.current if train else None
-        feats = self.modules.normalize(feats, wav_lens, epoch=epoch)
+        if getattr(self.modules.normalize, "norm_type", None) == "speaker":  # speaker_norm
+            feats = self.modules.normalize(feats, wav_lens, epoch=epoch, spk_ids=batch.spk_id)
+        else:
+            feats = self.modules.normalize(feats, wav_lens, epoch=epoch)
         if train and getattr(self.hparams, "feature_augment", None) is not None:
             feats, wav_lens = self.hparams.feature_augment(feats, wav_lens)
         enc = self.modules.enc(feats)
