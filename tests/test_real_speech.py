@@ -199,10 +199,12 @@ def test_speaker_eval_rejects_bad_flags(tmp_path):
     assert ROOT.is_dir()
 
 
-@pytest.mark.parametrize("norm_type, ships_statistics", [("sentence", False), ("global", True)])
+@pytest.mark.parametrize(
+    "norm_type, ships_statistics", [("speaker", False), ("sentence", False), ("global", True)])
 def test_real_cpu_config_augments_and_normalises(tmp_path, norm_type, ships_statistics):
     """The real-speech recipe's augmenters keep the batch; its ``norm_type`` knob decides whether
-    normalisation statistics travel with the weights (global) or none exist (per utterance)."""
+    normalisation statistics travel with the weights (global) or stay with each site (per speaker,
+    per utterance)."""
     import torch
 
     import config_file
