@@ -379,6 +379,12 @@ LIBRARY_CASES = [
     LibraryCase("config_missing_unreferenced_key",
                 "config lacks a key the code needs (`token_type`)", ("{tmp}/small_cpu.yaml",),
                 config_without("token_type"), call=init_model_with("{tmp}/small_cpu.yaml")),
+    LibraryCase("config_speaker_norm_std",
+                "`real_cpu.yaml` (`norm_type: speaker`) with `--override norm_std=True`",
+                (str(ROOT / "configs" / "real_cpu.yaml"),),
+                call=lambda c: config_file.load_hparams(
+                    ROOT / "configs" / "real_cpu.yaml",
+                    {"output_folder": str(c.tmp / "out"), "norm_std": True})),
     # -- checkpoint, tokenizer ---------------------------------------------------------------------
     LibraryCase("pretrained_truncated", "pre-trained checkpoint truncated", ("{tmp}/half.ckpt",),
                 truncated_checkpoint, call=load_into_small("{tmp}/half.ckpt")),
