@@ -24,10 +24,11 @@ import weights
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 # Configs whose normaliser keeps global statistics outside state_dict (the ones weights.py ships);
-# per-utterance normalisation (real_cpu.yaml's norm_type: sentence) has none: tested on its own
-# below.
+# per-speaker or per-utterance normalisation (real_cpu.yaml's norm_type: speaker) has none:
+# tested on its own below.
 GLOBAL_NORM = [p for p in CONFIGS if not any(
-    line.split("#")[0].strip() == "norm_type: sentence" for line in p.read_text().splitlines())]
+    line.split("#")[0].strip() in ("norm_type: sentence", "norm_type: speaker")
+    for line in p.read_text().splitlines())]
 SMALL = ROOT / "configs" / "small_cpu.yaml"
 STAT_KEYS = ["normalize.glob_mean", "normalize.glob_std", "normalize.count"]
 
@@ -132,10 +133,12 @@ def test_configs_found():
     assert SMALL in CONFIGS and len(CONFIGS) >= 3
 
 
-def test_per_utterance_normalisation_ships_no_statistics(tmp_path):
-    """With ``norm_type: sentence`` there is nothing outside state_dict: the weights are it."""
+@pytest.mark.parametrize("norm_type", ["speaker", "sentence"])
+def test_local_normalisation_ships_no_statistics(tmp_path, norm_type):
+    """With ``norm_type: speaker`` or ``sentence`` nothing is outside state_dict: the weights are
+    it (a site's speaker means stay with it)."""
     config = ROOT / "configs" / "real_cpu.yaml"
-    modules, _ = build(config, tmp_path / "real", norm_stats=False)
+    modules, _ = build(config, tmp_path / "real", {"norm_type": norm_type}, norm_stats=False)
     keys = weights.weight_keys(modules)
     assert keys == list(modules.state_dict().keys())
     arrays = weights.get_weights(modules)
