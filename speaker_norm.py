@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
-from speechbrain.processing.features import InputNormalization
+from speechbrain.processing.features import InputNormalization, make_padding_mask
 
 
 class SpeakerNormalization(InputNormalization):
@@ -68,10 +68,7 @@ class SpeakerNormalization(InputNormalization):
 
 
 def utterance_means(x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-    """Each utterance's mean feature vector over its frames, padding excluded: [batch, feats]."""
-    frames = x.shape[1]
-    if lengths is None:
-        return x.mean(1)
-    counts = (lengths.to(x.device) * frames).round().clamp(min=1)
-    mask = torch.arange(frames, device=x.device)[None, :] < counts[:, None]
-    return (x * mask.unsqueeze(-1)).sum(1) / counts[:, None]
+    """Each utterance's mean feature vector over its frames, padding excluded: [batch, feats]
+    (SpeechBrain's padding mask, so the fallback is exactly ``norm_type: sentence``)."""
+    mask = make_padding_mask(x, lengths)
+    return (x * mask).sum(1) / mask.sum(1)

@@ -35,6 +35,8 @@ def test_each_speaker_loses_its_own_mean_and_unknown_speakers_their_utterances()
     assert torch.allclose(out[2], x[2] - torch.tensor([0.0, -2.0]))
     # Without speaker ids every utterance gets its own mean, as norm_type: sentence would.
     assert torch.allclose(norm(x, lengths), x - utterance_means(x, lengths).unsqueeze(1))
+    sentence = SpeakerNormalization(norm_type="sentence", std_norm=False)
+    assert torch.allclose(norm(x, lengths), sentence(x, lengths))
 
 
 def test_other_norm_types_are_speechbrains_and_speaker_refuses_std():
