@@ -113,12 +113,19 @@ def make_datasets(
 
 def measure_speakers(normalize, extractor, datasets) -> None:
     """Add every utterance of the datasets to ``normalize``'s per-speaker means (``speaker_norm``),
-    from unaugmented audio and features: the feature extractor in evaluation mode (no VTLP)."""
+    from unaugmented audio and features: the feature extractor in evaluation mode (no VTLP).
+
+    Audio is loaded only for utterances not measured yet: a ClientApp builds its datasets again
+    for every message.
+    """
     extractor.train(False)
     for data in datasets:
-        with data.output_keys_as(["id", "spk_id", "sig"]):
-            normalize.add_utterances(
-                ((item["id"], item["spk_id"], item["sig"]) for item in data), extractor)
+        with data.output_keys_as(["id", "spk_id"]):
+            new = [(i, item["id"], item["spk_id"]) for i, item in enumerate(data)
+                   if not normalize.has_measured(item["id"])]
+        with data.output_keys_as(["sig"]):
+            normalize.add_utterances(((uid, spk, data[i]["sig"]) for i, uid, spk in new),
+                                     extractor)
 
 
 def load_csv_rows(csv_file: str | Path) -> dict[str, dict[str, Any]]:

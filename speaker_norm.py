@@ -37,6 +37,9 @@ class SpeakerNormalization(InputNormalization):
     def speakers(self) -> list[str]:
         return sorted(self._counts)
 
+    def has_measured(self, uid: str) -> bool:
+        return uid in self._seen
+
     def add_utterances(
         self, utterances: Iterable[tuple[str, str, torch.Tensor]],
         features: Callable[[torch.Tensor], torch.Tensor],

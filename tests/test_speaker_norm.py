@@ -73,6 +73,19 @@ def test_real_cpu_measures_every_speaker_of_its_datasets(tmp_path):
     assert norm.norm_type == "speaker" and set(norm.speakers) == tsv_speakers
     assert not any("glob_" in k for k in model_state_dict(brain.modules))
 
+    # Datasets built again (a ClientApp does so for every message) count nothing twice and load
+    # no audio for utterances already measured.
+    from unittest import mock
+
+    import audio_data
+    from model_setup import datasets_for, prepare_splits
+
+    counts = {spk: norm._counts[spk] for spk in norm.speakers}
+    with mock.patch.object(audio_data, "load_audio", side_effect=AssertionError("audio loaded")):
+        datasets_for(brain, prepare_splits(brain, ROOT / "temp_dataset",
+                                           {"train": tmp_path / "train.tsv"}))
+    assert {spk: norm._counts[spk] for spk in norm.speakers} == counts
+
     items = [data["train"][i] for i in range(3)]
     batch = PaddedBatch(items)
     feats = brain.hparams.compute_features(batch.sig[0])
