@@ -12,13 +12,15 @@ import math
 import time
 
 # isort: off
-import process_setup  # noqa: F401  (before torch: passive OpenMP, no torchvision warning)
+from fedspeech.base import (  # noqa: F401  (before torch: passive OpenMP, no torchvision warning)
+    env as process_setup,
+)
 import speechbrain as sb
 # isort: on
 from speechbrain.utils.metric_stats import ErrorRateStats
 
-from atomic_file import atomic_write
-from tokenizer import Tokenizer
+from fedspeech.base.files import atomic_write
+from fedspeech.speech.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
 

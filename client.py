@@ -19,21 +19,18 @@ from typing import NoReturn
 import flwr as fl
 import grpc
 
-from cli import (
-    ArgumentParser,
-    UsageError,
-    add_data_flags,
-    add_grpc_flags,
-    add_model_flags,
+from fedspeech.base.checks import (
     check_data_flags,
     check_file,
     check_grpc_max_message_length,
-    main_and_exit,
     parse_address,
-    parse_overrides,
     read_bytes,
-    set_threads,
 )
+from fedspeech.base.cli import ArgumentParser, main_and_exit
+from fedspeech.base.errors import UsageError
+from fedspeech.speech.config import parse_overrides
+from fedspeech.speech.model import set_threads
+from fedspeech.tools.flags import add_data_flags, add_grpc_flags, add_model_flags
 
 logger = logging.getLogger("client")
 
@@ -171,8 +168,8 @@ def run(args: argparse.Namespace,
         make_client: Callable[[object], SpeechBrainClient] = SpeechBrainClient) -> None:
     """Build this client's model and data, then serve the server (``make_client`` wraps the
     trainer: tests pass a saboteur)."""
-    from local_training import LocalTrainer
-    from model_setup import init_model
+    from fedspeech.roles.local_training import LocalTrainer
+    from fedspeech.speech.model import init_model
     from weights import load_model_file
 
     check_args(args)

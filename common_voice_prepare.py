@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import cli
-from atomic_file import atomic_write, file_sha256
-from errors import UserError
-from text_normalization import normalize_sentence
+from fedspeech.base import cli
+from fedspeech.base.errors import UserError
+from fedspeech.base.files import atomic_write, file_sha256
+from fedspeech.speech.text import normalize_sentence
 
 logger = logging.getLogger(__name__)
 
@@ -380,7 +380,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return cli.main(build_parser(), run, list(argv) if argv is not None else None)
+    return cli.run_cli(build_parser(), run, list(argv) if argv is not None else None)
 
 
 if __name__ == "__main__":

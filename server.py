@@ -13,26 +13,23 @@ import logging
 from pathlib import Path
 from typing import Any, NoReturn
 
-from aggregate import WEIGHT_STRATEGIES
-from cli import (
-    ArgumentParser,
-    UsageError,
-    add_data_flags,
-    add_grpc_flags,
-    add_model_flags,
+from fedspeech.base.checks import (
     check_at_least,
     check_data_flags,
     check_file,
     check_fraction,
     check_grpc_max_message_length,
     check_port_free,
-    main_and_exit,
     parse_extra_tests,
-    parse_overrides,
     read_bytes,
-    set_threads,
 )
-from server_side import Federation, build_federation
+from fedspeech.base.cli import ArgumentParser, main_and_exit
+from fedspeech.base.errors import UsageError
+from fedspeech.math.aggregate import WEIGHT_STRATEGIES
+from fedspeech.roles.server_model import Federation, build_federation
+from fedspeech.speech.config import parse_overrides
+from fedspeech.speech.model import set_threads
+from fedspeech.tools.flags import add_data_flags, add_grpc_flags, add_model_flags
 
 logger = logging.getLogger("server")
 

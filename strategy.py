@@ -23,8 +23,8 @@ from flwr.common import (
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
-from aggregate import weighted_metrics
-from round_core import Evaluation, RoundCore, Update
+from fedspeech.core.round import Evaluation, RoundCore, Update
+from fedspeech.math.aggregate import weighted_metrics
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from atomic_file import atomic_write
-from errors import UserError
+from fedspeech.base.errors import UserError
+from fedspeech.base.files import atomic_write
 
 
 class WeightsError(UserError):

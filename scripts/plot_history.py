@@ -1,48 +1,12 @@
 #!/usr/bin/env python3
 """Draw one or several runs' ``history.json`` into a PNG (server test WER and loss, client train
-loss per round). Each argument is a history file or a run folder holding one; ``NAME=PATH`` sets
-the legend label.
 
-    python scripts/plot_history.py results/demo
-    python scripts/plot_history.py fedavg=results/a wer=results/b --out compare.png
+The code is ``fedspeech/tools/plot_history.py``; ``--help`` lists the flags.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cli import ArgumentParser, UsageError, main  # noqa: E402
-from history import load_history  # noqa: E402
-from plots import plot_histories  # noqa: E402
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", help="history.json or run folder, optionally NAME=PATH")
-    p.add_argument("--out", type=Path, default=None,
-                   help="PNG to write (default: history.png beside a single run's history)")
-    p.add_argument("--title", default=None)
-    return p
-
-
-def run(args: argparse.Namespace) -> None:
-    runs = {}
-    for item in args.runs:
-        name, sep, path = item.partition("=")
-        path = Path(path if sep else item)
-        if path.is_dir():
-            path = path / "history.json"
-        runs[name if sep else path.parent.name] = load_history(path)
-    out = args.out
-    if out is None:
-        if len(runs) > 1:
-            raise UsageError("--out is required when plotting several runs")
-        out = path.parent / "history.png"
-    print(plot_histories(runs, out, args.title))
-
+from fedspeech.tools.plot_history import main
 
 if __name__ == "__main__":
-    sys.exit(main(build_parser(), run))
+    sys.exit(main())

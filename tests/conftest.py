@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from scripts.launch import free_port as free_port  # re-exported for the tests
-from scripts.launch import wait_for_port
+from fedspeech.tools.launch import free_port as free_port
+from fedspeech.tools.launch import wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

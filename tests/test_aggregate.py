@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pytest
 
-import aggregate
-from aggregate import (
+from fedspeech.math import aggregate
+from fedspeech.math.aggregate import (
     WeightedSum,
     aggregation_coefficients,
     l2_distance,

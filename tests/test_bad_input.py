@@ -43,19 +43,20 @@ import soundfile as sf
 import torch
 from conftest import ROOT, client_cmd, free_port, run_cli, server_cmd
 
-import atomic_file
-import audio_data
-import cli
 import client
 import common_voice_prepare
-import config_file
-import history
-import model_setup
 import server
-import tokenizer
 import weights
-from errors import UserError
-from scripts import pretrain
+from fedspeech.base import cli
+from fedspeech.base import files as atomic_file
+from fedspeech.base.errors import UserError
+from fedspeech.core.settings import GRPC_MAX_MESSAGE_LENGTH
+from fedspeech.records import history
+from fedspeech.speech import audio as audio_data
+from fedspeech.speech import config as config_file
+from fedspeech.speech import model as model_setup
+from fedspeech.speech import tokenizer
+from fedspeech.tools import pretrain
 
 PY = sys.executable
 SMALL_CPU = ROOT / "configs" / "small_cpu.yaml"
@@ -67,8 +68,8 @@ PLACEHOLDERS = ("<file>", "<folder>", "<data>", "<clip id>", "PORT")
 # ---- the README's table ------------------------------------------------------------------------
 def readme_rows() -> dict[str, str]:
     """README "Bad input": each row's case (first column) -> its first code span (the message)."""
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Bad input", 1)[1].split("\n## ", 1)[0]
+    page = (ROOT / "docs" / "bad-input.md").read_text(encoding="utf-8")
+    section = page.split("## Bad input", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -327,7 +328,7 @@ def connect_for(seconds: float) -> Callable[[Ctx], object]:
         started = time.monotonic()
         try:
             client.connect(client.SpeechBrainClient(trainer), server_address=f"127.0.0.1:{c.port}",
-                           max_wait=seconds, grpc_max_message_length=cli.GRPC_MAX_MESSAGE_LENGTH,
+                           max_wait=seconds, grpc_max_message_length=GRPC_MAX_MESSAGE_LENGTH,
                            root_ca=None)
         except UserError:
             assert time.monotonic() - started < seconds + 15, "gave up too late"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts import bench
+from fedspeech.tools import bench
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024

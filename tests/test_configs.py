@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from conftest import ROOT
 
-import config_file
+from fedspeech.speech import config as config_file
 
 # The reference (Flower-SpeechBrain, used by SpeechBrain's "Federated Speech Model Training via
 # Flower and SpeechBrain" tutorial) reports these as 46.3M and 158.9M trainable parameters.

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import ROOT, free_port, launch
 
-from model_setup import init_model
+from fedspeech.speech.model import init_model
 from weights import get_weights, load_model_file
 
 # one worker runs every user of the session's shared seeded_run (conftest.py)

@@ -44,9 +44,9 @@ from conftest import (
     wait_listening,
 )
 
-import history as history_module
-from atomic_file import file_sha256
-from history import RunStore
+from fedspeech.base.files import file_sha256
+from fedspeech.records import history as history_module
+from fedspeech.records.history import RunStore
 from weights import load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -104,7 +104,7 @@ def trained_in_round_one(server_log: Path) -> tuple[int, int]:
 
 def fresh_model_weights(tmp_path: Path, data: Path) -> list[np.ndarray]:
     """The weights of a newly built server model: what the server starts from (config seed)."""
-    from model_setup import init_model
+    from fedspeech.speech.model import init_model
     from weights import get_weights
 
     # Built with one thread, as the server (--num_threads 1): the orthogonal initialisation of

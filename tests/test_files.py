@@ -11,8 +11,8 @@ from pathlib import Path
 from conftest import ROOT
 from hyperpyyaml import load_hyperpyyaml
 
-from atomic_file import atomic_write, file_sha256
-from config_file import save_resolved_config
+from fedspeech.base.files import atomic_write, file_sha256
+from fedspeech.speech.config import save_resolved_config
 
 
 def test_kept_files_get_the_umask_mode_not_mkstemps_private_one(tmp_path: Path) -> None:

@@ -18,8 +18,8 @@ import pytest
 import torch
 from conftest import ROOT, subset_tsv
 
-from local_training import LocalTrainer
-from model_setup import init_model
+from fedspeech.roles.local_training import LocalTrainer
+from fedspeech.speech.model import init_model
 from weights import get_weights, set_weights, weight_keys
 
 pytestmark = [

@@ -11,9 +11,9 @@ import soundfile as sf
 from conftest import ROOT, run_cli
 
 from common_voice_prepare import prepare_tsv, read_tsv
-from errors import UserError
-from scripts.import_recordings import fsdd_labels, transcript_labels
-from speaker_folds import make_folds, split_takes
+from fedspeech.base.errors import UserError
+from fedspeech.speech.folds import make_folds, split_takes
+from fedspeech.tools.import_recordings import fsdd_labels, transcript_labels
 
 PYTHON = sys.executable
 
@@ -125,7 +125,7 @@ def test_speaker_eval_resume_reuses_kept_runs(tmp_path):
     """--resume reuses a fold's kept runs: asked for the kept kinds, it runs nothing."""
     import json
 
-    from scripts.speaker_eval import build_parser, run_fold, settings
+    from fedspeech.tools.speaker_eval import build_parser, run_fold, settings
 
     args = build_parser().parse_args([str(tmp_path), "--resume", "--save_path", str(tmp_path)])
     fold = make_folds(rows_of({"a": 20, "b": 20}), seed=1, fractions={"test": 0.1})[0]
@@ -147,7 +147,7 @@ def test_speaker_eval_resume_reuses_kept_runs(tmp_path):
 
 
 def test_pretrain_merges_comma_separated_tsvs(tmp_path):
-    from scripts.pretrain import training_tsv
+    from fedspeech.tools.pretrain import training_tsv
 
     a, b = tmp_path / "a.tsv", tmp_path / "b.tsv"
     a.write_text("client_id\tpath\tsentence\nv1\t1.mp3\tone\n", encoding="utf-8")
@@ -164,9 +164,9 @@ def test_pretrain_merges_comma_separated_tsvs(tmp_path):
 
 def test_speaker_eval_checks_the_pretrained_folder(tmp_path):
     """--pretrained needs both files, and a tokenizer that can write every word of the corpus."""
-    from cli import UsageError
-    from scripts.speaker_eval import build_parser, run
-    from tokenizer import load_tokenizer
+    from fedspeech.base.errors import UsageError
+    from fedspeech.speech.tokenizer import load_tokenizer
+    from fedspeech.tools.speaker_eval import build_parser, run
 
     (tmp_path / "clips").mkdir()
     (tmp_path / "all.tsv").write_text(
@@ -207,7 +207,7 @@ def test_real_cpu_config_augments_and_normalises(tmp_path, norm_type, ships_stat
     per utterance)."""
     import torch
 
-    import config_file
+    from fedspeech.speech import config as config_file
     from weights import model_state_dict
 
     path = ROOT / "configs" / "real_cpu.yaml"
@@ -226,7 +226,7 @@ def test_real_cpu_config_augments_and_normalises(tmp_path, norm_type, ships_stat
 def test_trim_silence_cuts_quiet_ends_only():
     import torch
 
-    from audio_data import trim_silence
+    from fedspeech.speech.audio import trim_silence
 
     rate = 8000
     gen = torch.Generator().manual_seed(0)
@@ -250,7 +250,7 @@ def test_learning_rate_halves_every_half_life_across_rounds(tmp_path):
     for the clients' rate and the server's alike (a fresh optimiser each round)."""
     from conftest import subset_tsv
 
-    from model_setup import init_model
+    from fedspeech.speech.model import init_model
 
     subset_tsv(ROOT / "temp_dataset" / "train_0.tsv", tmp_path / "train.tsv", 4)
     brain, data = init_model(
@@ -281,7 +281,7 @@ def test_vtlp_warps_training_features_only(tmp_path):
     from conftest import subset_tsv
     from speechbrain.dataio.batch import PaddedBatch
 
-    from model_setup import init_model
+    from fedspeech.speech.model import init_model
 
     subset_tsv(ROOT / "temp_dataset" / "train_0.tsv", tmp_path / "train.tsv", 2)
     brain, data = init_model(

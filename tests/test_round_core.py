@@ -15,7 +15,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from round_core import Evaluation, RoundCore, RoundSink, Update
+from fedspeech.core.round import Evaluation, RoundCore, RoundSink, Update
 
 # softmax of (0, -1): [1, e^-1] / (1 + e^-1), e^-1 = 0.36787944117144233
 SOFTMAX_0_M1 = [0.7310585786300049, 0.2689414213699951]

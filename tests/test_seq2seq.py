@@ -8,7 +8,7 @@ import pytest
 import speechbrain as sb
 from conftest import ROOT
 
-from model_setup import init_model
+from fedspeech.speech.model import init_model
 from weights import get_weights, set_weights
 
 TINY = {

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import ROOT
 
-from speaker_norm import SpeakerNormalization, utterance_means
+from fedspeech.speech.speaker_norm import SpeakerNormalization, utterance_means
 
 
 def frames(wav: torch.Tensor) -> torch.Tensor:
@@ -55,7 +55,7 @@ def test_real_cpu_measures_every_speaker_of_its_datasets(tmp_path):
     from speechbrain.dataio.batch import PaddedBatch
 
     from common_voice_prepare import read_tsv
-    from model_setup import init_model
+    from fedspeech.speech.model import init_model
     from weights import model_state_dict
 
     subset_tsv(ROOT / "temp_dataset" / "train.tsv", tmp_path / "train.tsv", 6)
@@ -77,8 +77,8 @@ def test_real_cpu_measures_every_speaker_of_its_datasets(tmp_path):
     # no audio for utterances already measured.
     from unittest import mock
 
-    import audio_data
-    from model_setup import datasets_for, prepare_splits
+    from fedspeech.speech import audio as audio_data
+    from fedspeech.speech.model import datasets_for, prepare_splits
 
     counts = {spk: norm._counts[spk] for spk in norm.speakers}
     with mock.patch.object(audio_data, "load_audio", side_effect=AssertionError("audio loaded")):

@@ -26,7 +26,7 @@ from flwr.common import (
 from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 
-from round_core import RoundCore, RoundSink
+from fedspeech.core.round import RoundCore, RoundSink
 from strategy import TrainAfterAggregateStrategy
 
 

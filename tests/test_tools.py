@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import ROOT, make_small_data, run_cli
 
-from audio_data import load_audio
 from common_voice_prepare import read_tsv
-from model_setup import init_model
+from fedspeech.speech.audio import load_audio
+from fedspeech.speech.model import init_model
 from weights import get_weights
 
 

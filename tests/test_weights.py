@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-import config_file
 import weights
+from fedspeech.speech import config as config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from atomic_file import atomic_write, file_sha256
 from common_voice_prepare import DataPrepError, read_tsv
-from errors import UserError
-from text_normalization import normalize_sentence
+from fedspeech.base.errors import UserError
+from fedspeech.base.files import atomic_write, file_sha256
+from fedspeech.speech.text import normalize_sentence
 
 
 class TokenizerMismatch(UserError):

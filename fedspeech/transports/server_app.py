@@ -15,8 +15,12 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from app_records import to_record
-from cli import config_dir, parse_extra_tests, parse_overrides, set_threads, setup_logging
+from fedspeech.base.checks import parse_extra_tests
+from fedspeech.base.cli import setup_logging
+from fedspeech.base.paths import config_dir
+from fedspeech.speech.config import parse_overrides
+from fedspeech.speech.model import set_threads
+from fedspeech.transports.app_arrays import to_record
 
 app = ServerApp()
 logger = logging.getLogger("server")
@@ -24,8 +28,8 @@ logger = logging.getLogger("server")
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    from app_strategy import CoreFedAvg
-    from server_side import build_federation
+    from fedspeech.roles.server_model import build_federation
+    from fedspeech.transports.app_strategy import CoreFedAvg
 
     rc = context.run_config
     rounds = int(rc["rounds"])

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from atomic_file import file_sha256
 from brain import ASR
-from history import RunStore, library_versions, summary_table
-from model_setup import init_model
-from round_core import NDArrays, RoundCore
+from fedspeech.base.files import file_sha256
+from fedspeech.core.round import NDArrays, RoundCore
+from fedspeech.records.history import RunStore, library_versions, summary_table
+from fedspeech.speech.model import init_model
 from weights import (
     get_weights,
     load_model_file,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from errors import UserError
+from fedspeech.base.errors import UserError
 
 SPLITS = ("train", "dev", "test", "server")
 
@@ -123,7 +123,7 @@ def train_centralised(
 
     ``pretrained``: a ``scripts/pretrain.py`` folder to start from, as the federation does.
     """
-    from model_setup import init_model
+    from fedspeech.speech.model import init_model
     from weights import load_model_file
 
     brain, data = init_model(

@@ -19,7 +19,7 @@ import random
 from collections.abc import Sequence
 from typing import TypeVar
 
-from errors import UserError
+from fedspeech.base.errors import UserError
 
 Row = TypeVar("Row", bound=dict)
 PARTITION_BY = ("speaker", "iid")

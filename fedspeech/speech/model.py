@@ -13,11 +13,16 @@ from typing import Any
 import torch
 from speechbrain.dataio.dataset import DynamicItemDataset
 
-from audio_data import make_datasets
 from brain import ASR
 from common_voice_prepare import prepare_tsv
-from config_file import ConfigError, check_config_keys, load_hparams, save_resolved_config
-from tokenizer import load_tokenizer
+from fedspeech.speech.audio import make_datasets
+from fedspeech.speech.config import (
+    ConfigError,
+    check_config_keys,
+    load_hparams,
+    save_resolved_config,
+)
+from fedspeech.speech.tokenizer import load_tokenizer
 from weights import init_norm_stats, move_modules
 
 
@@ -127,3 +132,9 @@ def init_model(
     )
     splits = {"train": train_tsv, "dev": valid_tsv, "test": test_tsv, **(extra_tsvs or {})}
     return brain, datasets_for(brain, prepare_splits(brain, data_folder, splits))
+
+
+def set_threads(num_threads: int) -> None:
+    """``--num_threads``: torch's CPU threads for this process (0 keeps torch's default)."""
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from errors import UsageError
-
-ROOT = Path(__file__).resolve().parent.parent
+from fedspeech.base.errors import UsageError
+from fedspeech.base.paths import ROOT
 
 
 def update_readme_section(marker: str, markdown: str, png: Path, alt: str) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from atomic_file import atomic_write
-from history import Row, extra_test_keys, number
+from fedspeech.base.files import atomic_write
+from fedspeech.records.history import Row, extra_test_keys, number
 
 
 def _series(history: Sequence[Row], key: str) -> tuple[list[int], list[float]]:

@@ -22,8 +22,9 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from app_records import from_record, to_record
-from cli import config_dir, set_threads
+from fedspeech.base.paths import config_dir
+from fedspeech.speech.model import set_threads
+from fedspeech.transports.app_arrays import from_record, to_record
 
 logger = logging.getLogger("client")
 app = ClientApp()
@@ -62,8 +63,8 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 def _trainer(context: Context):
     """This node's trainer: the process's shared Brain with this node's data."""
-    from local_training import LocalTrainer
-    from model_setup import datasets_for, prepare_splits
+    from fedspeech.roles.local_training import LocalTrainer
+    from fedspeech.speech.model import datasets_for, prepare_splits
 
     rc, node = context.run_config, context.node_config
     config_file = config_dir(str(rc["config-path"])) / str(rc["config-file"])
@@ -74,7 +75,7 @@ def _trainer(context: Context):
     key = (str(config_file), tokenizer, seed)
     brain = _BRAINS.get(key)
     if brain is None:
-        from model_setup import build_brain
+        from fedspeech.speech.model import build_brain
 
         set_threads(threads)
         brain = build_brain(config_file, output_folder=save_path / "clients" / "model",
@@ -108,8 +109,8 @@ def _trainer(context: Context):
 
 def _corpus(brain, data_path: str, tsv: str) -> dict:
     """All prepared rows of a TSV shared by the virtual clients (prepared once per process)."""
-    from audio_data import load_csv_rows
-    from model_setup import prepare_splits
+    from fedspeech.speech.audio import load_csv_rows
+    from fedspeech.speech.model import prepare_splits
 
     key = (data_path, tsv)
     if key not in _ROWS:  # named by the TSV: processes preparing the same one share the file
@@ -120,7 +121,7 @@ def _corpus(brain, data_path: str, tsv: str) -> dict:
 
 
 def _shard(brain, data_path: str, tsv: str, pid: int, num: int, **how) -> dict:
-    from partitioning import client_shard
+    from fedspeech.speech.partitioning import client_shard
 
     rows = _corpus(brain, data_path, tsv)
     records = [{"id": k, **v} for k, v in rows.items()]

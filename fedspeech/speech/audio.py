@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 # isort: off
-import process_setup  # noqa: F401  (before torch: passive OpenMP, no torchvision warning)
+from fedspeech.base import (  # noqa: F401  (before torch: passive OpenMP, no torchvision warning)
+    env as process_setup,
+)
 import speechbrain as sb
 # isort: on
 import torch
@@ -15,7 +17,7 @@ from speechbrain.dataio import audio_io
 from speechbrain.dataio.dataio import load_data_csv
 from speechbrain.dataio.dataset import DynamicItemDataset
 
-from tokenizer import Tokenizer
+from fedspeech.speech.tokenizer import Tokenizer
 
 
 def load_audio(path: str, sample_rate: int) -> torch.Tensor:

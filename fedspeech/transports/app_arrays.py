@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from round_core import NDArrays
+from fedspeech.core.round import NDArrays
 
 
 def to_record(arrays: NDArrays) -> ArrayRecord:

@@ -17,9 +17,9 @@ import speechbrain as sb
 import torch
 
 from brain import ASR
-from errors import UsageError
-from round_core import NDArrays
-from tokenizer import TokenizerMismatch
+from fedspeech.base.errors import UsageError
+from fedspeech.core.round import NDArrays
+from fedspeech.speech.tokenizer import TokenizerMismatch
 from weights import get_weights, load_model_file, move_modules, set_weights
 
 logger = logging.getLogger("client")

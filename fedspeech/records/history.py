@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from atomic_file import atomic_write, file_sha256, fsync_dir
-from errors import UserError
-from round_core import RoundSink
+from fedspeech.base.errors import UserError
+from fedspeech.base.files import atomic_write, file_sha256, fsync_dir
+from fedspeech.core.round import RoundSink
 
 Row = dict[str, Any]
 logger = logging.getLogger("history")
@@ -141,7 +141,7 @@ class RunStore(RoundSink):
                     self.path / "best_model.ckpt")
 
     def _draw(self, history: list[Row]) -> None:
-        from plots import plot_histories
+        from fedspeech.records.plots import plot_histories
 
         try:
             plot_histories({self.path.name: history}, self.path / "history.png")

@@ -16,8 +16,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from app_records import from_record, record_bytes, to_record
-from round_core import Evaluation, RoundCore, Update
+from fedspeech.core.round import Evaluation, RoundCore, Update
+from fedspeech.transports.app_arrays import from_record, record_bytes, to_record
 
 logger = logging.getLogger(__name__)
 

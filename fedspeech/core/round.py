@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aggregate import (
+from fedspeech.math.aggregate import (
     METRIC_FOR_STRATEGY,
     WEIGHT_STRATEGIES,
     NDArrays,

@@ -8,9 +8,11 @@ from typing import Any
 
 from hyperpyyaml import load_hyperpyyaml
 
-import process_setup  # noqa: F401  (before SpeechBrain classes load with the config)
-from atomic_file import atomic_write
-from errors import UserError
+from fedspeech.base import (  # noqa: F401  (before SpeechBrain classes load with the config)
+    env as process_setup,
+)
+from fedspeech.base.errors import UsageError, UserError
+from fedspeech.base.files import atomic_write
 
 
 class ConfigError(UserError):
@@ -83,3 +85,21 @@ def save_resolved_config(
         resolved = resolve_references(f, overrides).getvalue()
     with atomic_write(target, "w", encoding="utf-8") as out:
         out.write(resolved)
+
+
+def parse_overrides(items: list[str], seed: int | None = None) -> dict[str, object]:
+    """``--override KEY=VALUE`` (repeatable; VALUE is YAML) and ``--seed`` as config overrides."""
+    from ruamel.yaml import YAML
+
+    overrides: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--override '{item}': expected KEY=VALUE, e.g. batch_size=4")
+        try:
+            overrides[key.strip()] = YAML(typ="safe").load(value)
+        except Exception as err:
+            raise UsageError(f"--override '{item}': value is not valid YAML ({err})") from None
+    if seed is not None:
+        overrides["seed"] = seed
+    return overrides

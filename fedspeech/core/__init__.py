@@ -1,0 +1,1 @@
+"""The round without a transport or SpeechBrain: RoundCore, its row, settings, protocol."""

@@ -1,0 +1,1 @@
+"""Aggregation math on lists of arrays (numpy only)."""

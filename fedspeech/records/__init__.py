@@ -1,0 +1,1 @@
+"""A run's records: history.json, checkpoints, plots."""

@@ -1,0 +1,1 @@
+"""The SpeechBrain side: config, tokenizer, datasets, normalisation, model building, data."""

@@ -1,0 +1,1 @@
+"""The programs' code: each ``scripts/NAME.py`` runs ``fedspeech.tools.NAME.main``."""
