@@ -9,7 +9,10 @@ simulation SuperLink). ``deploy``: the Deployment Engine, a ``flower-superlink``
 ``--num_supernodes`` ``flower-supernode`` processes on 127.0.0.1, each SuperNode with its own
 node config (``cid``, ``data-path``, ``tr-path``, ``dev-path``), as real sites would have; with
 ``--tls`` (certificates from ``scripts/make_certs.sh``) and ``--auth`` (EC keys registered with
-``flwr supernode register``; one extra, unregistered SuperNode must be refused).
+``flwr supernode register``; one extra, unregistered SuperNode must be refused). ``--tls --auth``
+is the locked setup (``fedspeech/tools/deployment.py``): the SuperLink on 127.0.0.1 only, with
+the SuperExec's shared secret, and the SuperNodes connecting through an nginx proxy that forwards
+the Fleet API alone; ``<save_path>/deployment.json`` names both addresses.
 
 Submits with ``flwr run``, follows the run's log, waits for ``finished:*``, leaves the outputs
 (``history.json``, models, ``logs/``) under ``--save_path`` and stops every process it started,
@@ -32,10 +35,9 @@ from fedspeech.base.checks import check_at_least
 from fedspeech.base.cli import ArgumentParser, run_cli
 from fedspeech.base.errors import UsageError
 from fedspeech.base.paths import ROOT
-from fedspeech.tools.flower_keys import write_ec_keypair
-from fedspeech.tools.launch import free_port, wait_for_port
-
-BIN = Path(sys.executable).parent  # flwr, flower-superlink, flower-supernode of this venv
+from fedspeech.tools import deployment
+from fedspeech.tools.flower_procs import Processes, environment, submit_and_wait
+from fedspeech.tools.launch import free_port
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     dep = sub.add_parser("deploy", help="Deployment Engine (SuperLink + SuperNodes)")
     dep.add_argument("--num_supernodes", type=int, default=2)
     dep.add_argument("--tls", action="store_true", help="TLS with a private CA")
-    dep.add_argument("--auth", action="store_true", help="SuperNode authentication (needs --tls)")
+    dep.add_argument("--auth", action="store_true",
+                     help="SuperNode authentication (needs --tls); with --tls, the locked "
+                          "setup: sites reach the SuperLink through an nginx proxy")
     for q in (sim, dep):
         q.add_argument("--save_path", default="results/app")
         q.add_argument("--rounds", type=int, default=3)
@@ -108,73 +112,6 @@ def run_config(args: argparse.Namespace, tr_path: str) -> list[str]:
     return items + list(args.run_config)
 
 
-class Processes:
-    """Every process started here, each in its own session; all stopped by :meth:`stop_all`."""
-
-    def __init__(self, logs: Path, env: dict[str, str]):
-        self.logs, self.env, self.procs = logs, env, []
-
-    def start(self, name: str, cmd: list[str], cwd: Path = ROOT) -> subprocess.Popen:
-        out = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - closed by the OS
-        proc = subprocess.Popen(cmd, cwd=cwd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for proc in self.procs:
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + 10
-            while any(p.poll() is None for p in self.procs) and time.monotonic() < deadline:
-                time.sleep(0.2)
-
-
-def flwr(env: dict[str, str], *argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(BIN / "flwr"), *argv], cwd=ROOT, env=env, text=True,
-                            capture_output=True)
-    if check and result.returncode != 0:
-        raise RuntimeError(f"flwr {argv[0]} failed: {(result.stdout + result.stderr)[-2000:]}")
-    return result
-
-
-def submit_and_wait(env: dict[str, str], connection: str, extra: list[str], config: list[str],
-                    logs: Path, timeout: float) -> str:
-    """``flwr run``, then follow the log until the run finishes; returns its final status."""
-    out = flwr(env, "run", ".", connection, "--format", "json", *extra, "-c", " ".join(config))
-    reply = json.loads(out.stdout[out.stdout.index("{"):])
-    if not reply.get("success"):
-        raise RuntimeError(f"flwr run refused the app: {reply.get('error-message')}")
-    run_id = reply["run-id"]
-    print(f"flower_run: run {run_id} submitted to {connection}", flush=True)
-    with open(logs / "run.log", "w") as log:
-        follower = subprocess.Popen([str(BIN / "flwr"), "log", str(run_id), connection,
-                                     "--stream"], cwd=ROOT, env=env, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        deadline, status = time.monotonic() + timeout, "unknown"
-        try:
-            while time.monotonic() < deadline:
-                listing = flwr(env, "ls", connection, "--run-id", str(run_id), "--format",
-                               "json", check=False)
-                try:
-                    status = json.loads(listing.stdout)["runs"][0]["status"]
-                except (ValueError, KeyError, IndexError):
-                    pass
-                if status.startswith("finished:"):
-                    break
-                time.sleep(2)
-        finally:
-            time.sleep(2)
-            if follower.poll() is None:
-                os.killpg(follower.pid, signal.SIGKILL)
-    full = flwr(env, "log", str(run_id), connection, "--show", check=False)
-    (logs / "run.log").write_text(full.stdout + full.stderr)
-    return status
-
-
 class PeakMemory(threading.Thread):
     """Peak memory of Flower's and Ray's processes on this machine, sampled twice a second.
 
@@ -207,15 +144,6 @@ class PeakMemory(threading.Thread):
                 except (OSError, ValueError, IndexError):
                     continue
             self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
-
-
-def environment(home: Path) -> dict[str, str]:
-    return {
-        **os.environ, "FLWR_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-        "RAY_DEFAULT_OBJECT_STORE_MAX_MEMORY_BYTES": "500000000", "RAY_DEDUP_LOGS": "0",
-    }
 
 
 def simulate(args: argparse.Namespace, save: Path, procs: Processes) -> str:
@@ -258,52 +186,25 @@ def stop_detached(marker: str) -> None:
 def deploy(args: argparse.Namespace, save: Path, procs: Processes) -> str:
     if args.auth and not args.tls:
         raise UsageError("--auth needs --tls (Flower authenticates SuperNodes over TLS only)")
-    home, logs = save / "flwr_home", save / "logs"
-    env = environment(home)
-    port = free_port()
-    certs = save / "certificates"
-    link = ["--host", "127.0.0.1", "--port", str(port), "--database", str(save / "superlink.db")]
-    node_tls = ["--insecure"]
-    connection = f'[superlink.deploy]\naddress = "127.0.0.1:{port}"\n'
-    if args.tls:
-        subprocess.run(["bash", str(ROOT / "scripts" / "make_certs.sh"), str(certs),
-                        "localhost,127.0.0.1"], check=True, stdout=subprocess.DEVNULL)
-        link += ["--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile",
-                 str(certs / "server.crt"), "--ssl-keyfile", str(certs / "server.key")]
-        node_tls = ["--root-certificates", str(certs / "ca.crt")]
-        connection += f'root-certificates = "{certs / "ca.crt"}"\n'
-    else:
-        link.append("--insecure")
-        connection += "insecure = true\n"
-    if args.auth:
-        link.append("--enable-supernode-auth")
-    (home / "config.toml").write_text('[superlink]\ndefault = "deploy"\n\n' + connection)
-    superlink = procs.start("superlink", [str(BIN / "flower-superlink"), *link])
-    wait_for_port(port, superlink, 120)
-
+    dep = deployment.start(procs, save, tls=args.tls, auth=args.auth)
+    if dep.locked:
+        print(f"flower_run: locked: sites connect to the proxy at {dep.site_address} (Fleet API "
+              f"only), the operator to the SuperLink at {dep.operator_address}", flush=True)
     tr_path = absolute(args.tr_path or "temp_dataset")
-    for k in range(args.num_supernodes + (1 if args.auth else 0)):
-        name = f"supernode_{k}"
-        extra: list[str] = []
-        if args.auth:
-            private, public = write_ec_keypair(save / "keys" / name)
-            if k < args.num_supernodes:  # the last one stays unregistered: it must be refused
-                flwr(env, "supernode", "register", str(public), "deploy")
-            extra = ["--auth-supernode-private-key", str(private)]
-        node_config = " ".join(f'{key}="{value}"' for key, value in {
-            "cid": str(k), "data-path": absolute(args.data_path), "tr-path": tr_path,
-            "dev-path": absolute(args.dev_path)}.items())
-        procs.start(name, [str(BIN / "flower-supernode"), *node_tls, *extra,
-                           "--superlink", f"127.0.0.1:{port}", "--port", str(free_port()),
-                           "--node-config", node_config])
-    if args.auth:
-        refused = procs.procs[-1]
+    sites = [{"cid": str(k), "data-path": absolute(args.data_path), "tr-path": tr_path,
+              "dev-path": absolute(args.dev_path)} for k in range(args.num_supernodes + 1)]
+    for k in range(args.num_supernodes):
+        deployment.start_supernode(dep, procs, f"supernode_{k}", sites[k])
+    if args.auth:  # one more SuperNode, whose key nobody registered: it must be refused
+        refused = deployment.start_supernode(dep, procs, f"supernode_{args.num_supernodes}",
+                                             sites[-1], register=False)
         try:
             code = refused.wait(120)
         except subprocess.TimeoutExpired:
             raise RuntimeError("the unregistered SuperNode was not refused within 120 s") from None
         print(f"flower_run: unregistered SuperNode refused (exit status {code})", flush=True)
-    return submit_and_wait(env, "deploy", [], run_config(args, tr_path), logs, args.timeout)
+    return submit_and_wait(dep.env, deployment.CONNECTION, [], run_config(args, tr_path),
+                           save / "logs", args.timeout)
 
 
 def run(args: argparse.Namespace) -> None:
