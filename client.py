@@ -1,9 +1,11 @@
 """Federated client (legacy gRPC): trains the SpeechBrain model on this machine's own speech.
 
 The speech never leaves the machine. Each round :class:`SpeechBrainClient` hands the server's
-weights to :class:`local_training.LocalTrainer` (which trains the local epochs, loading a
-pre-trained model at round 1 if asked) and returns the new weights with the sample count and raw
-metrics; the server decides how to weight them.
+weights to :class:`fedspeech.roles.local_training.LocalTrainer` (which trains the local epochs,
+loading a pre-trained model at round 1 if asked) and returns the new weights with the sample count
+and raw metrics; the server decides how to weight them. The flags become one
+:class:`~fedspeech.core.settings.ClientSettings`, checked (with this site's TSVs) before the model
+is built.
 """
 
 from __future__ import annotations
@@ -19,16 +21,11 @@ from typing import NoReturn
 import flwr as fl
 import grpc
 
-from fedspeech.base.checks import (
-    check_data_flags,
-    check_file,
-    check_grpc_max_message_length,
-    parse_address,
-    read_bytes,
-)
-from fedspeech.base.cli import ArgumentParser, main_and_exit
+from fedspeech.base.checks import read_bytes
+from fedspeech.base.cli import ArgumentParser, log_to_file, main_and_exit
 from fedspeech.base.errors import UsageError
-from fedspeech.speech.config import parse_overrides
+from fedspeech.core import protocol
+from fedspeech.core.settings import ClientSettings, check_client
 from fedspeech.speech.model import set_threads
 from fedspeech.tools.flags import add_data_flags, add_grpc_flags, add_model_flags
 
@@ -44,7 +41,7 @@ class SpeechBrainClient(fl.client.NumPyClient):
 
     def get_properties(self, config):
         self.last_contact = time.monotonic()
-        return {"cid": self.trainer.cid}
+        return {protocol.CLIENT_ID: self.trainer.cid}
 
     def get_parameters(self, config):
         self.last_contact = time.monotonic()
@@ -52,26 +49,20 @@ class SpeechBrainClient(fl.client.NumPyClient):
 
     def fit(self, parameters, config):
         self.last_contact = time.monotonic()
-        self.trainer.check_tokenizer(config.get("tokenizer_sha256"))
+        self.trainer.check_tokenizer(config.get(protocol.TOKENIZER_SHA256))
         weights, samples, metrics = self.trainer.fit(
-            parameters, rnd=int(config["epoch_global"]), epochs=int(config["epochs"])
+            parameters, rnd=int(config[protocol.ROUND]), epochs=int(config[protocol.EPOCHS])
         )
         return weights, samples, {**metrics, **self._identity()}
 
     def evaluate(self, parameters, config):
         self.last_contact = time.monotonic()
-        self.trainer.check_tokenizer(config.get("tokenizer_sha256"))
+        self.trainer.check_tokenizer(config.get(protocol.TOKENIZER_SHA256))
         loss, samples, metrics = self.trainer.evaluate(parameters)
-        return loss, samples, {**metrics, "cid": self.trainer.cid}
+        return loss, samples, {**metrics, **self._identity()}
 
     def _identity(self) -> dict[str, str]:
-        return {"cid": self.trainer.cid, "tokenizer_sha256": self.trainer.tokenizer_sha256}
-
-
-def train_tsv_for(tr_path: str | Path, cid: str) -> Path:
-    """``--tr_path`` may be a TSV file or a folder holding ``train_<cid>.tsv``."""
-    path = Path(tr_path)
-    return path / f"train_{cid}.tsv" if path.is_dir() else path
+        return protocol.identity(self.trainer.cid, self.trainer.tokenizer_sha256)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,20 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_grpc_flags(p)
     add_model_flags(p)
     return p
-
-
-def check_args(args: argparse.Namespace) -> None:
-    """Refuse impossible settings before anything slow happens."""
-    check_data_flags(args.data_path, args.tokenizer_path, args.save_path)
-    tsv = train_tsv_for(args.tr_path, args.cid)
-    if not tsv.is_file():
-        raise UsageError(f"--tr_path {tsv}: no such TSV file")
-    for flag in ("dev_path", "pre_train_model_path", "root_certificates"):
-        check_file(getattr(args, flag), f"--{flag}")
-    parse_address(args.server_address)
-    if args.max_wait < 0:
-        raise UsageError(f"--max_wait must not be negative, got {args.max_wait}")
-    check_grpc_max_message_length(args.grpc_max_message_length)
 
 
 def connect(
@@ -166,36 +143,23 @@ def connect(
 
 def run(args: argparse.Namespace,
         make_client: Callable[[object], SpeechBrainClient] = SpeechBrainClient) -> None:
-    """Build this client's model and data, then serve the server (``make_client`` wraps the
-    trainer: tests pass a saboteur)."""
-    from fedspeech.roles.local_training import LocalTrainer
-    from fedspeech.speech.model import init_model
-    from weights import load_model_file
+    """Check the flags and this site's TSVs, build its model and data, then serve the server
+    (``make_client`` wraps the trainer: tests pass a saboteur)."""
+    from fedspeech.roles.local_training import build_trainer
 
-    check_args(args)
-    set_threads(args.num_threads)
+    settings = ClientSettings.from_flags(args)
+    check_client(settings)
+    set_threads(settings.num_threads)
+    log_to_file(Path(settings.save_path) / f"client_{settings.cid}" / "run.log", args.verbose)
     root_ca = None
-    if args.root_certificates:
-        root_ca = read_bytes(args.root_certificates, "--root_certificates")
-    brain, datasets = init_model(
-        Path(args.config_path) / args.config_file,
-        output_folder=Path(args.save_path) / f"client_{args.cid}",
-        data_folder=args.data_path,
-        train_tsv=train_tsv_for(args.tr_path, args.cid),
-        valid_tsv=args.dev_path,
-        tokenizer_source=args.tokenizer_path,
-        device=args.device,
-        overrides=parse_overrides(args.override, args.seed),
-    )
-    if args.pre_train_model_path is not None:  # fail now, not at round 1
-        load_model_file(brain.modules, args.pre_train_model_path, brain.device)
-    trainer = LocalTrainer(args.cid, brain, datasets, args.pre_train_model_path,
-                           args.eval_device)
+    if settings.root_certificates:
+        root_ca = read_bytes(settings.root_certificates, "--root_certificates")
+    trainer = build_trainer(settings)
     connect(
         make_client(trainer),
-        server_address=args.server_address,
-        max_wait=args.max_wait,
-        grpc_max_message_length=args.grpc_max_message_length,
+        server_address=settings.server_address,
+        max_wait=settings.max_wait,
+        grpc_max_message_length=settings.grpc_max_message_length,
         root_ca=root_ca,
     )
 

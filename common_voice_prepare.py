@@ -356,8 +356,7 @@ def prepare_common_voice(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data_path", "--data_folder", dest="data_path", required=True,
-                        help="folder holding clips/ (old name --data_folder, kept for one release)")
+    parser.add_argument("--data_path", required=True, help="folder holding clips/")
     parser.add_argument("--tsv", required=True, help="Common Voice TSV file")
     parser.add_argument("--csv", required=True, help="output CSV file")
     parser.add_argument("--language", default="en")

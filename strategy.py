@@ -1,7 +1,8 @@
-"""TrainAfterAggregateStrategy: the legacy gRPC transport's adapter over :mod:`round_core`.
+"""TrainAfterAggregateStrategy: the legacy gRPC transport's adapter over the round core.
 
-It turns Flower's ``FitRes`` / ``EvaluateRes`` into :class:`round_core.Update` /
-:class:`round_core.Evaluation` and back, samples clients, and learns the clients' own names; what a
+It turns Flower's ``FitRes`` / ``EvaluateRes`` into :class:`~fedspeech.core.round.Update` /
+:class:`~fedspeech.core.round.Evaluation` and back (keys: :mod:`fedspeech.core.protocol`),
+samples clients, and learns the clients' own names; what a
 round *does* (screening, weighting, averaging, server training, evaluation, records) is the core's.
 This module imports neither SpeechBrain nor argparse.
 """
@@ -23,6 +24,7 @@ from flwr.common import (
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
+from fedspeech.core import protocol
 from fedspeech.core.round import Evaluation, RoundCore, Update
 from fedspeech.math.aggregate import weighted_metrics
 
@@ -31,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 def client_name(proxy: ClientProxy, metrics: dict[str, Scalar]) -> str:
     """The client's own id (``--cid``) when it reported one, else Flower's node id."""
-    return str(metrics.get("cid", proxy.cid))
+    return str(metrics.get(protocol.CLIENT_ID, proxy.cid))
 
 
 class TrainAfterAggregateStrategy(FedAvg):
@@ -81,8 +83,8 @@ class TrainAfterAggregateStrategy(FedAvg):
                 res = proxy.get_properties(GetPropertiesIns(config={}), timeout=30, group_id=None)
             except Exception:  # an old or foreign client: its node id will do
                 continue
-            if "cid" in res.properties:
-                self._names[proxy.cid] = str(res.properties["cid"])
+            if protocol.CLIENT_ID in res.properties:
+                self._names[proxy.cid] = str(res.properties[protocol.CLIENT_ID])
 
     def aggregate_fit(
         self,
@@ -103,7 +105,7 @@ class TrainAfterAggregateStrategy(FedAvg):
                 num_examples=res.num_examples,
                 metrics=res.metrics,
                 decode=lambda res=res: parameters_to_ndarrays(res.parameters),
-                tokenizer_sha256=_str_or_none(res.metrics.get("tokenizer_sha256")),
+                tokenizer_sha256=_str_or_none(res.metrics.get(protocol.TOKENIZER_SHA256)),
                 payload_bytes=sum(len(t) for t in res.parameters.tensors),
             )
             for proxy, res in results
@@ -117,11 +119,14 @@ class TrainAfterAggregateStrategy(FedAvg):
 
     # ---- evaluation ----------------------------------------------------------------------------
     def evaluate(self, server_round, parameters):
-        return self.core.evaluate_transport_round(server_round)
+        return self.core.evaluate(self.core.round_number(server_round))
 
     def configure_evaluate(self, server_round, parameters, client_manager):
-        return super().configure_evaluate(self.core.round_number(server_round), parameters,
-                                          client_manager)
+        rnd = self.core.round_number(server_round)
+        instructions = super().configure_evaluate(rnd, parameters, client_manager)
+        if not instructions:  # Flower skips the phase: the round is complete without it
+            self.core.record_client_evaluation(rnd, [])
+        return instructions
 
     def aggregate_evaluate(
         self,
@@ -135,12 +140,9 @@ class TrainAfterAggregateStrategy(FedAvg):
             self._names[proxy.cid] = client_name(proxy, res.metrics)
             evaluations.append(Evaluation(client_name(proxy, res.metrics), res.num_examples,
                                           float(res.loss), res.metrics))
-        if failures and not self.accept_failures:
-            return None, {}
-        metrics = self.core.record_client_evaluation(rnd, evaluations)
+        metrics = self.core.record_client_evaluation(rnd, evaluations, failures=len(failures))
         if not metrics:
             return None, {}
-        self.core.end(rnd, model_changed=False)
         return metrics.pop("loss"), metrics
 
 

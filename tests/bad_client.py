@@ -13,7 +13,7 @@ whose ``fit`` trains normally and then damages its reply according to ``--fault`
 - ``dtype``: the first float32 array is sent as float64
 - ``metric_missing``: ``train_loss`` and ``valid_wer`` are left out of the metrics
 - ``metric_nan``: ``train_loss`` is NaN
-- ``tokenizer``: the metrics claim another tokenizer (``tokenizer_sha256``)
+- ``tokenizer``: the metrics claim another tokenizer (``tokenizer-sha256``)
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def corrupt(fault: str, arrays: list[np.ndarray], metrics: dict) -> tuple[list, 
     elif fault == "metric_nan":
         metrics["train_loss"] = math.nan
     elif fault == "tokenizer":
-        metrics["tokenizer_sha256"] = "0" * 64
+        metrics["tokenizer-sha256"] = "0" * 64
     else:
         raise ValueError(f"unknown fault {fault}")
     return arrays, metrics

@@ -50,6 +50,7 @@ import weights
 from fedspeech.base import cli
 from fedspeech.base import files as atomic_file
 from fedspeech.base.errors import UserError
+from fedspeech.core.row import RoundRow
 from fedspeech.core.settings import GRPC_MAX_MESSAGE_LENGTH
 from fedspeech.records import history
 from fedspeech.speech import audio as audio_data
@@ -278,6 +279,17 @@ FLAG_CASES = [
              **flags("--fraction_evaluate", "2", program="server")),
     FlagCase("extra_test_malformed", "`--extra_test nope`",
              **flags("--extra_test", "nope", program="server")),
+    FlagCase("server_weighting_without_score_set",
+             "`--weight_strategy server_wer` without `--score_path`",
+             **flags("--weight_strategy", "server_wer", program="server")),
+    FlagCase("krum_too_few_clients", "`--aggregation krum --num_malicious 1` (2 clients a round)",
+             **flags("--aggregation", "krum", "--num_malicious", "1", program="server")),
+    FlagCase("share_cap_below_one_over_n",
+             "`--max_client_share 0.3 --min_fit_clients 3 --min_available_clients 3`",
+             **flags("--max_client_share", "0.3", "--min_fit_clients", "3",
+                     "--min_available_clients", "3", program="server")),
+    FlagCase("clip_not_a_number", "`--clip_update_norm big`",
+             **flags("--clip_update_norm", "big", program="server")),
     FlagCase("certificates_missing", "`--certificates` file missing",
              ("--certificates {tmp}/ca.crt",),
              **flags("--certificates", "{tmp}/ca.crt", "{tmp}/server.pem", "{tmp}/server.key",
@@ -526,7 +538,7 @@ def test_prepare_script_not_utf8(ctx: Ctx, rows: dict[str, str],
                                  capsys: pytest.CaptureFixture[str]) -> None:
     """common_voice_prepare.py's own entry point prints the same one line, exit status 2."""
     write("t.tsv", TSV_HEADER.encode() + "spk\ta.mp3\tCaf\xe9.\n".encode("latin-1"))(ctx)
-    code = common_voice_prepare.main(["--data_folder", str(ctx.data), "--tsv",
+    code = common_voice_prepare.main(["--data_path", str(ctx.data), "--tsv",
                                       str(ctx.tmp / "t.tsv"), "--csv", str(ctx.tmp / "t.csv")])
     lines = capsys.readouterr().err.splitlines()
     assert code == 2 and len(lines) == 1, lines
@@ -718,7 +730,7 @@ def test_disk_full_during_a_round_keeps_the_last_round(
     """ENOSPC while writing round 2's checkpoint or its history (the fsync of that temp file)."""
     keys = ["w", "n"]
     store = history.RunStore(tmp_path, keys)
-    rows = [{"round": 1}]
+    rows = [RoundRow(1)]
     store.save_round(1, [v.numpy() for v in _state(1.0).values()], rows)
     before = {p: p.read_bytes() for p in (tmp_path / "global_model.ckpt", store.history_file)}
     failed = []
@@ -732,7 +744,7 @@ def test_disk_full_during_a_round_keeps_the_last_round(
 
     monkeypatch.setattr(os, "fsync", fsync)
     with pytest.raises((OSError, UserError)) as caught:
-        store.save_round(2, [v.numpy() for v in _state(2.0).values()], [*rows, {"round": 2}])
+        store.save_round(2, [v.numpy() for v in _state(2.0).values()], [*rows, RoundRow(2)])
     monkeypatch.undo()
     # one line naming the file, not a traceback: history.json's fsync error gets its name too
     assert cli.is_user_error(caught.value) and failing in cli.one_line(caught.value)

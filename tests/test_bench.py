@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from fedspeech.core.row import RoundRow
 from fedspeech.tools import bench
 
 ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
 
 
-def history_row(rnd: int = 1) -> dict:
-    return {
+def history_row(rnd: int = 1) -> RoundRow:
+    return RoundRow.from_dict({
         "round": rnd, "clients": ["0", "1"], "seconds": 20.0,
         "client_fit_seconds_max": 12.0, "client_fit_seconds_mean": 10.0,
         "client_train_seconds_max": 10.0, "client_train_seconds_mean": 8.0,
@@ -27,7 +28,7 @@ def history_row(rnd: int = 1) -> dict:
         "bytes_received": {"1": 2 * MB, "0": 2 * MB}, "client_peak_rss_mb": {"0": 900.0,
                                                                             "1": 950.0},
         "server_peak_rss_mb": 1200.0, "examples": 160, "initial_eval_seconds": 1.7,
-    }
+    })
 
 
 def bare_round(rnd: int = 1) -> dict:
@@ -46,7 +47,7 @@ def test_round_costs_derives_transfer_rest_and_throughput():
 
 
 def test_round_costs_of_a_row_without_costs_has_gaps_not_errors():
-    costs = bench.round_costs({"round": 1})
+    costs = bench.round_costs(RoundRow(1))
     assert costs["transfer_seconds"] is None and costs["utts_per_second"] is None
     assert "| 1 |" in bench.phase_table([costs])
 

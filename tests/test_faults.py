@@ -45,6 +45,7 @@ from conftest import (
 )
 
 from fedspeech.base.files import file_sha256
+from fedspeech.core.row import RoundRow
 from fedspeech.records import history as history_module
 from fedspeech.records.history import RunStore
 from weights import load_checkpoint
@@ -57,7 +58,7 @@ def connecting(cid: str) -> str:
     return f"client {cid}: connecting to"
 
 
-FIT_STARTED = "Going into epoch"  # SpeechBrain's epoch loop, at the start of every local epoch
+FIT_STARTED = "starts round {} "  # a client's line as its local training of a round starts
 TIMEOUT = 420  # seconds any one federation may take on two shared cores
 
 
@@ -188,7 +189,7 @@ def test_client_killed_mid_fit(tmp_path: Path, live: list, accept: bool) -> None
         {str(k): client_cmd(data, save, port, k) for k in range(3)},
     )
     wait_for_text(logs / "server.log", "round 1: training 3 of 3 connected clients", TIMEOUT, srv)
-    wait_for_text(logs / "client_2.log", FIT_STARTED, TIMEOUT, clients["2"])
+    wait_for_text(logs / "client_2.log", FIT_STARTED.format(1), TIMEOUT, clients["2"])
     kill(clients["2"])
     assert "client 2 round 1:" not in text(logs / "client_2.log")  # killed before it replied
 
@@ -276,10 +277,10 @@ def test_server_killed_twice_then_resumed(tmp_path: Path, live: list) -> None:
     assert list(got) == list(expected)
     assert all(torch.equal(got[k], expected[k]) for k in expected)
 
-    # ---- kill 2: the resumed server, while the clients train round 2. Its local epoch is
-    # global epoch 2 (epochs are numbered across rounds); the clients may have begun it for the
-    # first server already, so wait for one more start of it.
-    epoch_2 = f"{FIT_STARTED} 2"
+    # ---- kill 2: the resumed server, while the clients train round 2 (rounds are numbered
+    # across resumes); the clients may have begun it for the first server already, so wait
+    # for one more start of it.
+    epoch_2 = FIT_STARTED.format(2)
     seen = text(logs / "client_0.log").count(epoch_2)
     resumed = spawn(server("--resume"), logs / "server_resumed_1.log")
     live.append(resumed)
@@ -320,7 +321,7 @@ def test_run_store_survives_a_crash_between_writes(tmp_path: Path, monkeypatch) 
     round1 = [np.arange(4, dtype=np.float32), np.array(7, dtype=np.int64)]
     round2 = [np.full(4, 9.5, dtype=np.float32), np.array(8, dtype=np.int64)]
     store = RunStore(tmp_path, keys)
-    rows = [{"round": 1, "test_wer": 50.0}]
+    rows = [RoundRow.from_dict({"round": 1, "test_wer": 50.0})]
     store.save_round(1, round1, rows)
     history_json = (tmp_path / "history.json").read_bytes()
 
@@ -330,7 +331,7 @@ def test_run_store_survives_a_crash_between_writes(tmp_path: Path, monkeypatch) 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(history_module, "write_json_atomic", crash)
-    rows.append({"round": 2, "test_wer": 40.0})
+    rows.append(RoundRow.from_dict({"round": 2, "test_wer": 40.0}))
     with pytest.raises(OSError):
         store.save_round(2, round2, rows)
     monkeypatch.undo()

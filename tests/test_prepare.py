@@ -186,7 +186,7 @@ def test_normalize_sentence(text: str, language: str, accented: bool, expected: 
 
 def test_cli(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     tsv, out = basic_tsv(data), tmp_path / "cli.csv"
-    argv = ["--data_folder", str(data), "--tsv", str(tsv), "--csv", str(out)]
+    argv = ["--data_path", str(data), "--tsv", str(tsv), "--csv", str(out)]
     assert cvp.main(argv) == 0
     assert "2 rows" in capsys.readouterr().out
     argv[3] = str(data / "missing.tsv")
@@ -248,7 +248,7 @@ def test_all_paths_outside_clips_is_a_one_line_error(
 
     with pytest.raises(DataPrepError) as err:
         prepare_tsv(tsv, out, data)
-    status = cvp.main(["--data_folder", str(data), "--tsv", str(tsv), "--csv", str(out)])
+    status = cvp.main(["--data_path", str(data), "--tsv", str(tsv), "--csv", str(out)])
 
     expected = (f"{tsv}: no usable rows out of 2 (2 clip paths outside {data / 'clips'}, "
                 "e.g. ../../../etc/passwd)")

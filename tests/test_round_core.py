@@ -36,7 +36,7 @@ class RecordingSink(RoundSink):
 
     def save_round(self, rnd, weights, history):
         copy = None if weights is None else [w.copy() for w in weights]
-        self.rounds.append((rnd, copy, [dict(row) for row in history]))
+        self.rounds.append((rnd, copy, [row.to_dict() for row in history]))
 
     def save_best(self, rnd, weights):
         self.best.append((rnd, [w.copy() for w in weights]))
@@ -458,7 +458,7 @@ def test_fresh_core_starts_at_round_one():
 
 
 # ---- evaluation and the sink ---------------------------------------------------------------------
-def test_evaluate_records_test_metrics_and_end_calls_the_sink():
+def test_evaluate_records_test_metrics_and_the_round_once():
     seen = []
 
     def evaluate(arrays, rnd):
@@ -466,48 +466,101 @@ def test_evaluate_records_test_metrics_and_end_calls_the_sink():
         return 0.5, {"wer": 12.0, "cer": 3.0}
 
     sink = RecordingSink()
-    core = make_core(evaluate=evaluate, sink=sink, history=[{"round": 2}])
+    core = make_core(evaluate=evaluate, sink=sink)
 
-    # round 0 (the initial model): evaluated, but no history row
-    assert core.evaluate(0) == (0.5, {"wer": 12.0, "cer": 3.0})
-    assert core.history == [{"round": 2}] and seen[0][0] == 0
+    # round 0 (the initial model): evaluated, but no history row and nothing recorded
+    assert core.evaluate(core.round_number(0)) == (0.5, {"wer": 12.0, "cer": 3.0})
+    assert core.history == [] and sink.rounds == [] and seen[0][0] == 0
 
-    rnd = core.round_number(1)
-    core.begin(rnd)
-    core.aggregate(rnd, two_updates())
-    assert core.evaluate(rnd) == (0.5, {"wer": 12.0, "cer": 3.0})
-    core.end(rnd, model_changed=True)
+    core.begin(1)
+    core.aggregate(1, two_updates())
+    assert sink.rounds == []  # not recorded before its evaluation
+    assert core.evaluate(1) == (0.5, {"wer": 12.0, "cer": 3.0})
 
-    assert seen[1][0] == 3 and seen[1][1][0].tolist() == [4.0, 5.0]
-    assert len(sink.rounds) == 1
-    saved_rnd, weights, history = sink.rounds[0]
-    assert saved_rnd == 3
+    assert seen[1][0] == 1 and seen[1][1][0].tolist() == [4.0, 5.0]
+    (saved_rnd, weights, history), = sink.rounds  # recorded once
+    assert saved_rnd == 1
     assert weights[0].tolist() == [4.0, 5.0] and weights[1].tolist() == 18
-    assert [row["round"] for row in history] == [2, 3]
     row = history[-1]
     assert row["test_loss"] == 0.5 and row["test_wer"] == 12.0 and row["test_cer"] == 3.0
     assert isinstance(row["seconds"], float) and row["seconds"] >= 0
+    assert row["server_peak_rss_mb"] > 0
     assert row["coefficients"] == {"a": 0.25, "b": 0.75}
     assert sink.best == []
 
 
-def test_end_without_a_model_change_saves_only_the_history():
+def test_resumed_core_skips_the_initial_evaluation_and_counts_on():
+    seen = []
     sink = RecordingSink()
-    core = make_core(sink=sink)
+    core = make_core(evaluate=lambda arrays, rnd: seen.append(rnd) or (0.5, {"wer": 1.0}),
+                     sink=sink, history=[{"round": 2}])
 
-    core.end(1, model_changed=False)
+    assert core.evaluate(core.round_number(0)) is None  # evaluated when round 2 ended
+    assert seen == [] and [row.to_dict() for row in core.history] == [{"round": 2}]
+    rnd = core.round_number(1)
+    core.begin(rnd)
+    core.aggregate(rnd, two_updates())
+    core.evaluate(rnd)
+    assert seen == [3] and [r for r, _, _ in sink.rounds] == [3]
+    assert [row["round"] for row in sink.rounds[0][2]] == [2, 3]
+
+
+@pytest.mark.parametrize("order", ["server first", "clients first"])
+def test_round_with_client_evaluation_is_recorded_once_after_both(order):
+    sink = RecordingSink()
+    core = make_core(sink=sink, evaluate=lambda arrays, rnd: (0.5, {"wer": 9.0}),
+                     client_evaluation=True)
+    core.begin(1)
+    core.aggregate(1, two_updates())
+    phases = [lambda: core.evaluate(1),
+              lambda: core.record_client_evaluation(1, evaluations(20.0, 40.0))]
+    if order == "clients first":
+        phases.reverse()
+
+    phases[0]()
+    assert sink.rounds == []  # half a round is not recorded
+    phases[1]()
 
     (rnd, weights, history), = sink.rounds
-    assert (rnd, weights) == (1, None)
-    assert "seconds" not in history[0]  # no begin(): no round time
-    assert history[0]["server_peak_rss_mb"] > 0
+    assert rnd == 1 and weights is not None
+    assert history[0]["test_wer"] == 9.0 and history[0]["client_eval_wer"] == 35.0
 
 
-def test_evaluate_without_an_evaluate_function_is_none():
-    core = make_core()
+def test_no_client_replies_still_complete_the_round():
+    sink = RecordingSink()
+    core = make_core(sink=sink, client_evaluation=True)
+    core.begin(1)
+    core.aggregate(1, two_updates())
+    core.evaluate(1)
+    assert sink.rounds == []
+
+    assert core.record_client_evaluation(1, []) == {}
+
+    (rnd, _, history), = sink.rounds
+    assert rnd == 1 and "client_eval_wer" not in history[0]
+
+
+def test_failed_evaluations_not_accepted_record_none_of_them():
+    sink = RecordingSink()
+    core = make_core(sink=sink, client_evaluation=True, accept_failures=False)
+    core.begin(1)
+    core.evaluate(1)
+
+    assert core.record_client_evaluation(1, evaluations(20.0, 40.0), failures=1) == {}
+
+    (_, _, history), = sink.rounds
+    assert "client_eval_wer" not in history[0]
+
+
+def test_evaluate_without_an_evaluate_function_still_records_the_round():
+    sink = RecordingSink()
+    core = make_core(sink=sink)
+    core.begin(1)
 
     assert core.evaluate(1) is None
-    assert core.history == []
+
+    (rnd, _, history), = sink.rounds
+    assert rnd == 1 and "test_wer" not in history[0]
 
 
 # ---- the best model (federated validation WER) ---------------------------------------------------
@@ -536,7 +589,8 @@ def test_best_model_saved_only_when_the_clients_dev_wer_improves():
     sink = RecordingSink()
     # the server's test WER gets better every round; it must play no part
     test_wers = iter([90.0, 5.0, 1.0, 80.0])
-    core = make_core(sink=sink, evaluate=lambda arrays, rnd: (0.1, {"wer": next(test_wers)}))
+    core = make_core(sink=sink, evaluate=lambda arrays, rnd: (0.1, {"wer": next(test_wers)}),
+                     client_evaluation=True)
     dev_wers = {1: (40.0, 40.0),  # 40: best
                 2: (44.0, 44.0),  # 44: worse, though test WER 90 -> 5
                 3: (40.0, 40.0),  # 40: equal is no improvement, though test WER 1
@@ -548,6 +602,7 @@ def test_best_model_saved_only_when_the_clients_dev_wer_improves():
         core.record_client_evaluation(rnd, evaluations(wer_a, wer_b))
 
     assert [rnd for rnd, _ in sink.best] == [1, 4]
+    assert [rnd for rnd, _, _ in sink.rounds] == [1, 2, 3, 4]  # each round recorded once
     assert [row.get("best", False) for row in core.history] == [True, False, False, True]
     assert [row["test_wer"] for row in core.history] == [90.0, 5.0, 1.0, 80.0]
     assert core.best_wer == 33.0

@@ -82,7 +82,7 @@ def test_real_cpu_measures_every_speaker_of_its_datasets(tmp_path):
 
     counts = {spk: norm._counts[spk] for spk in norm.speakers}
     with mock.patch.object(audio_data, "load_audio", side_effect=AssertionError("audio loaded")):
-        datasets_for(brain, prepare_splits(brain, ROOT / "temp_dataset",
+        datasets_for(brain, prepare_splits(vars(brain.hparams), ROOT / "temp_dataset",
                                            {"train": tmp_path / "train.tsv"}))
     assert {spk: norm._counts[spk] for spk in norm.speakers} == counts
 

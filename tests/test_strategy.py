@@ -85,9 +85,9 @@ class SpyCore(RoundCore):
         self.calls.append((rnd, list(updates), list(failed), failures))
         return super().aggregate(rnd, updates, failed=failed, failures=failures)
 
-    def record_client_evaluation(self, rnd, evaluations):
+    def record_client_evaluation(self, rnd, evaluations, failures=0):
         self.evaluations.append((rnd, list(evaluations)))
-        return super().record_client_evaluation(rnd, evaluations)
+        return super().record_client_evaluation(rnd, evaluations, failures)
 
 
 GLOBAL = [f32(0, 0), np.array(0, np.int64)]
@@ -138,7 +138,7 @@ def test_initial_parameters_and_accept_failures_come_from_the_core():
 def test_fit_results_become_updates():
     core = SpyCore()
     strategy = make_strategy(core)
-    results = two_clients(a_metrics={"tokenizer_sha256": "abc"})
+    results = two_clients(a_metrics={"tokenizer-sha256": "abc"})
 
     params, metrics = strategy.aggregate_fit(1, results, [])
 
@@ -319,7 +319,9 @@ def test_aggregate_evaluate_records_the_clients_evaluation():
     row = core.history[-1]
     assert row["round"] == 2 and row["client_eval_wer"] == 35.0 and row["best"] is True
     assert sink.best == [2]
-    assert sink.rounds == [(2, False)]  # the history again, not the model
+    assert sink.rounds == []  # recorded once the server's own evaluation is done too
+    strategy.evaluate(1, None)
+    assert sink.rounds == [(2, True)]  # once, with the model
 
 
 def test_aggregate_evaluate_with_failures_not_accepted_records_nothing():
@@ -328,7 +330,7 @@ def test_aggregate_evaluate_with_failures_not_accepted_records_nothing():
     results = [(Proxy("node-1"), eval_res(10, 1.0, wer=20.0))]
 
     assert strategy.aggregate_evaluate(1, results, [RuntimeError("lost")]) == (None, {})
-    assert core.evaluations == [] and core.history == []
+    assert core.history == []  # the one evaluation that came is not recorded
 
 
 def test_aggregate_evaluate_without_results():

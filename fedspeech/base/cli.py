@@ -14,6 +14,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
 
 from fedspeech.base import env  # noqa: F401  (before any torch import: passive OpenMP waiting)
@@ -71,7 +72,7 @@ def run_cli(
 ) -> int:
     """Entry point of a script: parse, set up logging, run; return the exit status."""
     args = parser.parse_args(argv)
-    setup_logging(getattr(args, "debug", False))
+    setup_logging(getattr(args, "debug", False), getattr(args, "verbose", False))
     return run_main(run, args)
 
 
@@ -97,12 +98,34 @@ def main_and_exit(
     os._exit(code)
 
 
-def setup_logging(debug: bool = False) -> None:
+class _QuietLibraries(logging.Filter):
+    """Keeps SpeechBrain's INFO chatter (model statistics, loader notes) off the terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.name.startswith("speechbrain")
+
+
+def setup_logging(debug: bool = False, verbose: bool = False) -> None:
+    """Our own INFO lines on the terminal; SpeechBrain's only with ``verbose`` (they always go
+    to the log file of :func:`log_to_file`)."""
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
+    if not (verbose or debug):
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_QuietLibraries())
     logging.getLogger("flwr").propagate = False  # Flower prints through its own handler
     for noisy in ("speechbrain.utils.train_logger", "speechbrain.utils.checkpoints"):
         logging.getLogger(noisy).setLevel(logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Flower's per-request lines
+
+
+def log_to_file(path: Path, verbose: bool = False) -> None:
+    """Every log line of this process, SpeechBrain's included, also into ``path`` (appended)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+    if not verbose:
+        logging.getLogger(__name__).debug("SpeechBrain's INFO lines go to %s only", path)

@@ -1,13 +1,12 @@
 """A run's per-round record: ``history.json`` (atomic writes), round checkpoints, the summary table.
 
-The plot lives in :mod:`plots`.
+The plot lives in :mod:`fedspeech.records.plots`; the row type in :mod:`fedspeech.core.row`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -17,8 +16,8 @@ from typing import Any
 from fedspeech.base.errors import UserError
 from fedspeech.base.files import atomic_write, file_sha256, fsync_dir
 from fedspeech.core.round import RoundSink
+from fedspeech.core.row import RoundRow, extra_test_keys
 
-Row = dict[str, Any]
 logger = logging.getLogger("history")
 
 
@@ -32,7 +31,7 @@ def write_json_atomic(data: Any, path: str | Path) -> None:
         json.dump(data, f, indent=2)
 
 
-def load_history(path: str | Path) -> list[Row]:
+def load_history(path: str | Path) -> list[RoundRow]:
     """Rows of a ``history.json`` (a JSON list with one object per round)."""
     path = Path(path)
     try:
@@ -43,7 +42,7 @@ def load_history(path: str | Path) -> list[Row]:
         raise HistoryError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) and "round" in r for r in rows):
         raise HistoryError(f"{path}: expected a JSON list of round objects")
-    return rows
+    return [RoundRow.from_dict(r) for r in rows]
 
 
 def library_versions() -> dict[str, str]:
@@ -60,19 +59,7 @@ def library_versions() -> dict[str, str]:
     return found
 
 
-def number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
-def extra_test_keys(history: Sequence[Row]) -> list[str]:
-    """``test_<name>_wer`` of the extra test sets (``--extra_test``), sorted."""
-    return sorted({k for row in history for k in row
-                   if k.startswith("test_") and k.endswith("_wer") and k != "test_wer"})
-
-
-def summary_table(history: Sequence[Row]) -> str:
+def summary_table(history: Sequence[RoundRow]) -> str:
     """A plain-text table of the rounds (printed by the server at the end of a run)."""
     cols = [("round", "round", "{:.0f}"), ("test_wer", "test WER", "{:.2f}"),
             ("test_cer", "test CER", "{:.2f}"), ("test_loss", "test loss", "{:.4f}"),
@@ -84,10 +71,10 @@ def summary_table(history: Sequence[Row]) -> str:
     for row in history:
         cells = []
         for key, _, fmt in cols:
-            value = number(row.get(key))
+            value = row.number(key)
             cells.append("-" if value is None else fmt.format(value))
-        best = [r["round"] for r in history if r.get("best")]
-        mark = "  <- best (federated validation WER)" if best and row["round"] == best[-1] else ""
+        best = [r.round for r in history if r.best]
+        mark = "  <- best (federated validation WER)" if best and row.round == best[-1] else ""
         lines.append(" | ".join(cells) + mark)
     return "\n".join(lines)
 
@@ -113,7 +100,8 @@ class RunStore(RoundSink):
     def history_file(self) -> Path:
         return self.path / "history.json"
 
-    def save_round(self, rnd: int, weights: Sequence[Any] | None, history: list[Row]) -> None:
+    def save_round(self, rnd: int, weights: Sequence[Any] | None,
+                   history: list[RoundRow]) -> None:
         """Record round ``rnd``: its model (when given) and the whole history."""
         from weights import save_checkpoint, weights_to_state_dict
 
@@ -121,10 +109,10 @@ class RunStore(RoundSink):
         if weights is not None:
             ckpt = self.checkpoints / f"round_{rnd:04d}.ckpt"
             save_checkpoint(weights_to_state_dict(weights, self.keys), ckpt)
-            row = next(r for r in history if r["round"] == rnd)
-            row["model_checkpoint"] = str(ckpt.relative_to(self.path))
-            row["model_sha256"] = file_sha256(ckpt)
-        write_json_atomic(history, self.history_file)
+            row = next(r for r in history if r.round == rnd)
+            row.model_checkpoint = str(ckpt.relative_to(self.path))
+            row.model_sha256 = file_sha256(ckpt)
+        write_json_atomic([row.to_dict() for row in history], self.history_file)
         if ckpt is not None:
             _link_or_copy(ckpt, self.path / "global_model.ckpt")
             for old in self.checkpoints.glob("round_*.ckpt"):
@@ -140,7 +128,7 @@ class RunStore(RoundSink):
         logger.info("round %d: best federated validation WER so far, saved %s", rnd,
                     self.path / "best_model.ckpt")
 
-    def _draw(self, history: list[Row]) -> None:
+    def _draw(self, history: list[RoundRow]) -> None:
         from fedspeech.records.plots import plot_histories
 
         try:
@@ -148,7 +136,7 @@ class RunStore(RoundSink):
         except Exception as err:  # a plot must never stop a federation
             logger.warning("could not draw %s: %s", self.path / "history.png", err)
 
-    def load_latest(self) -> tuple[list[Row], dict[str, Any]]:
+    def load_latest(self) -> tuple[list[RoundRow], dict[str, Any]]:
         """History and model state of the last completed round, checked against each other."""
         from weights import load_checkpoint
 
@@ -158,10 +146,10 @@ class RunStore(RoundSink):
         if not history:
             raise HistoryError(f"--resume: {self.history_file} has no completed round")
         last = history[-1]
-        ckpt = self.path / str(last.get("model_checkpoint", ""))
-        if not last.get("model_checkpoint") or not ckpt.is_file():
-            raise HistoryError(f"--resume: checkpoint of round {last['round']} missing ({ckpt})")
-        if file_sha256(ckpt) != last.get("model_sha256"):
+        ckpt = self.path / str(last.model_checkpoint or "")
+        if not last.model_checkpoint or not ckpt.is_file():
+            raise HistoryError(f"--resume: checkpoint of round {last.round} missing ({ckpt})")
+        if file_sha256(ckpt) != last.model_sha256:
             raise HistoryError(f"--resume: {ckpt} does not match the history's SHA-256")
         return history, load_checkpoint(ckpt)
 

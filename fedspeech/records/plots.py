@@ -6,21 +6,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fedspeech.base.files import atomic_write
-from fedspeech.records.history import Row, extra_test_keys, number
+from fedspeech.core.row import RoundRow, extra_test_keys
 
 
-def _series(history: Sequence[Row], key: str) -> tuple[list[int], list[float]]:
+def _series(history: Sequence[RoundRow], key: str) -> tuple[list[int], list[float]]:
     xs, ys = [], []
     for row in history:
-        value = number(row.get(key))
+        value = row.number(key)
         if value is not None:
-            xs.append(int(row["round"]))
+            xs.append(row.round)
             ys.append(value)
     return xs, ys
 
 
 def plot_histories(
-    runs: Mapping[str, Sequence[Row]], out_path: str | Path, title: str | None = None
+    runs: Mapping[str, Sequence[RoundRow]], out_path: str | Path, title: str | None = None
 ) -> Path:
     """Draw server test WER (solid; extra test sets dashed), test loss and client train loss per
     round for one or several runs into a PNG; returns its path."""

@@ -1,8 +1,10 @@
 """What a client does with the global model, written once for every transport.
 
 "Set the weights, train the local epochs, return the weights with the sample count and the raw
-metrics" and "evaluate on the dev set": the legacy ``NumPyClient`` (:mod:`client`) and the Flower
-App's ``ClientApp`` (:mod:`client_app`) are thin adapters over :class:`LocalTrainer`.
+metrics" and "evaluate on the dev set": the legacy ``NumPyClient`` (``client.py``) and the Flower
+App's ``ClientApp`` (:mod:`fedspeech.transports.client_app`) are thin adapters over
+:class:`LocalTrainer`; :func:`build_trainer` makes one from a site's
+:class:`~fedspeech.core.settings.ClientSettings`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ import torch
 
 from brain import ASR
 from fedspeech.base.errors import UsageError
+from fedspeech.core import protocol
 from fedspeech.core.round import NDArrays
+from fedspeech.core.settings import ClientSettings
+from fedspeech.speech.config import parse_overrides
+from fedspeech.speech.model import init_model
 from fedspeech.speech.tokenizer import TokenizerMismatch
 from weights import get_weights, load_model_file, move_modules, set_weights
 
@@ -66,6 +72,7 @@ class LocalTrainer:
         """
         started = time.monotonic()
         brain = self.brain
+        logger.info("client %s starts round %d (%d local epochs)", self.cid, rnd, epochs)
         set_weights(weights, brain.modules, brain.device)
         if rnd == 1 and self.pre_train_model_path is not None:
             logger.info("client %s: loading pre-trained model %s", self.cid,
@@ -79,10 +86,11 @@ class LocalTrainer:
                     self.cid, rnd, samples, train_loss, valid_wer, seconds)
         _release_gpu_memory()
         metrics = {
-            "train_loss": train_loss, "valid_wer": valid_wer, "fit_seconds": seconds,
-            "train_seconds": brain.stage_seconds.get(sb.Stage.TRAIN, 0.0),
-            "valid_seconds": brain.stage_seconds.get(sb.Stage.VALID, 0.0),
-            "peak_rss_mb": peak_rss_mb(),
+            protocol.TRAIN_LOSS: train_loss, protocol.VALID_WER: valid_wer,
+            protocol.FIT_SECONDS: seconds,
+            protocol.TRAIN_SECONDS: brain.stage_seconds.get(sb.Stage.TRAIN, 0.0),
+            protocol.VALID_SECONDS: brain.stage_seconds.get(sb.Stage.VALID, 0.0),
+            protocol.PEAK_RSS_MB: peak_rss_mb(),
         }
         return self.weights(), samples, metrics
 
@@ -103,9 +111,28 @@ class LocalTrainer:
                 brain.device = home
                 move_modules(brain.modules, home)
         _release_gpu_memory()
-        metrics = {"wer": result["wer"], "cer": result["cer"],
-                   "eval_seconds": brain.stage_seconds.get(sb.Stage.TEST, 0.0)}
+        metrics = {protocol.WER: result["wer"], protocol.CER: result["cer"],
+                   protocol.EVAL_SECONDS: brain.stage_seconds.get(sb.Stage.TEST, 0.0)}
         return result["loss"], int(result["samples"]), metrics
+
+
+def build_trainer(settings: ClientSettings) -> LocalTrainer:
+    """A site's model and data from its settings (the TSVs prepared before the model is built);
+    a pre-trained checkpoint is checked now, not at round 1."""
+    s = settings
+    brain, datasets = init_model(
+        s.config,
+        output_folder=Path(s.save_path) / f"client_{s.cid}",
+        data_folder=s.data_path,
+        train_tsv=s.train_tsv,
+        valid_tsv=s.dev_path,
+        tokenizer_source=s.tokenizer_path,
+        device=s.device,
+        overrides=parse_overrides(list(s.override), s.seed),
+    )
+    if s.pre_train_model_path is not None:
+        load_model_file(brain.modules, s.pre_train_model_path, brain.device)
+    return LocalTrainer(s.cid, brain, datasets, s.pre_train_model_path, s.eval_device)
 
 
 def peak_rss_mb() -> float:

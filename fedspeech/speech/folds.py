@@ -6,22 +6,20 @@ takes are split, seeded, into four disjoint parts: ``train`` (that speaker's cli
 held-out set for server-side training). Splitting per speaker keeps every training speaker in
 every part, so "new takes" never means "new speaker".
 
-:func:`train_centralised` runs the federation's schedule on pooled data: every round
-``local_epochs`` epochs on the clients' pooled training takes, then one server-side epoch on the
-server's held-out takes at ``server_lr`` - the same passes over the same utterances, with no
-averaging.
+The centralised counterpart of a fold's federation is :mod:`fedspeech.roles.centralised`.
 """
 
 from __future__ import annotations
 
-import csv
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from fedspeech.base.errors import UserError
+from fedspeech.base.tsv import write_tsv
+from fedspeech.core.settings import train_tsv_for
+from fedspeech.speech.partitioning import by_speaker
 
 SPLITS = ("train", "dev", "test", "server")
 
@@ -34,14 +32,6 @@ class Fold:
     unseen: list[dict[str, str]]
     clients: list[list[dict[str, str]]]  # one list of training rows per training speaker
     parts: dict[str, list[dict[str, str]]] = field(default_factory=dict)  # pooled, per split
-
-
-def speakers_of(rows: Sequence[dict[str, str]], key: str = "client_id") -> dict[str, list[dict]]:
-    """Rows grouped by speaker, speakers in sorted order (so fold numbers are stable)."""
-    groups: dict[str, list[dict]] = {}
-    for row in rows:
-        groups.setdefault(row.get(key, "") or "unknown", []).append(row)
-    return dict(sorted(groups.items()))
 
 
 def split_takes(
@@ -67,7 +57,7 @@ def make_folds(
     unseen_max: int | None = None,
 ) -> list[Fold]:
     """Every leave-one-speaker-out fold (in sorted speaker order)."""
-    speakers = speakers_of(rows)
+    speakers = dict(sorted(by_speaker(rows).items()))  # sorted: stable fold numbers
     if len(speakers) < 2:
         raise UserError(f"{len(speakers)} speaker(s): leave-one-speaker-out needs at least 2")
     folds = []
@@ -93,59 +83,11 @@ def hash_seed(seed: int, name: str) -> int:
     return seed * 1_000_003 + sum((i + 1) * ord(c) for i, c in enumerate(name))
 
 
-def write_tsv(path: Path, rows: Sequence[dict[str, str]]) -> Path:
-    """Rows as a Common Voice TSV (client_id, path, sentence)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, lineterminator="\n")
-        writer.writerow(["client_id", "path", "sentence"])
-        for row in rows:
-            writer.writerow([row.get("client_id", ""), row["path"], row["sentence"]])
-    return path
-
-
 def write_fold(fold: Fold, folder: Path) -> dict[str, Path]:
     """The fold's TSVs: ``train_<k>.tsv`` per client, pooled splits, ``unseen.tsv``."""
-    files = {f"train_{k}": write_tsv(folder / f"train_{k}.tsv", rows)
+    files = {f"train_{k}": write_tsv(train_tsv_for(folder, str(k)), rows)
              for k, rows in enumerate(fold.clients)}
     for split, rows in fold.parts.items():
         files[split] = write_tsv(folder / f"{split}.tsv", rows)
     files["unseen"] = write_tsv(folder / "unseen.tsv", fold.unseen)
     return files
-
-
-def train_centralised(
-    config_file: Path, files: dict[str, Path], data_path: Path, out: Path, *,
-    rounds: int, local_epochs: int, server_training: bool, overrides: dict[str, Any],
-    pretrained: Path | None = None,
-) -> dict[str, Any]:
-    """The federation's schedule on pooled data (see the module docstring); final test WERs.
-
-    ``pretrained``: a ``scripts/pretrain.py`` folder to start from, as the federation does.
-    """
-    from fedspeech.speech.model import init_model
-    from weights import load_model_file
-
-    brain, data = init_model(
-        config_file, output_folder=out, data_folder=data_path, train_tsv=files["train"],
-        test_tsv=files["test"], extra_tsvs={"unseen": files["unseen"], "server": files["server"]},
-        tokenizer_source=pretrained / "tokenizer.model" if pretrained else files["train"],
-        overrides=overrides,
-    )
-    if pretrained:
-        load_model_file(brain.modules, pretrained / "model.ckpt", str(brain.device))
-    server_lr = float(getattr(brain.hparams, "server_lr", brain.hparams.lr))
-    samples = 0
-    for rnd in range(1, rounds + 1):
-        n, loss, _ = brain.train_epochs(data["train"], None, epochs=local_epochs,
-                                        first_epoch=(rnd - 1) * local_epochs + 1)
-        samples += n
-        if server_training:
-            n, _, _ = brain.train_epochs(data["server"], None, epochs=1,
-                                         first_epoch=rnd * local_epochs, lr=server_lr)
-            samples += n
-        print(f"centralised round {rnd}: train loss {loss:.4f}", flush=True)
-    test = brain.test(data["test"], final=True)
-    unseen = brain.test(data["unseen"], final=True)
-    return {"test_wer": test["wer"], "unseen_wer": unseen["wer"], "test_cer": test["cer"],
-            "unseen_cer": unseen["cer"], "train_samples": samples}

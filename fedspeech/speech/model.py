@@ -26,6 +26,13 @@ from fedspeech.speech.tokenizer import load_tokenizer
 from weights import init_norm_stats, move_modules
 
 
+def load_config(config_file: str | Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The config with its overrides, checked for the keys the code needs."""
+    hparams = load_hparams(config_file, overrides)
+    check_config_keys(config_file, hparams)
+    return hparams
+
+
 def build_brain(
     config_file: str | Path,
     *,
@@ -33,6 +40,7 @@ def build_brain(
     tokenizer_source: str | Path | None,
     device: str | None = None,
     overrides: dict[str, Any] | None = None,
+    hparams: dict[str, Any] | None = None,
 ) -> ASR:
     """The Brain and the shared tokenizer from a config; no data yet (see :func:`prepare_splits`).
 
@@ -42,8 +50,8 @@ def build_brain(
     """
     output_folder = Path(output_folder)
     overrides = {"output_folder": str(output_folder), **(overrides or {})}
-    hparams = load_hparams(config_file, overrides)
-    check_config_keys(config_file, hparams)
+    if hparams is None:  # init_model has read it already
+        hparams = load_config(config_file, overrides)
     (output_folder / "save").mkdir(parents=True, exist_ok=True)
     save_resolved_config(config_file, overrides, output_folder / "hyperparams.yaml")
     if tokenizer_source is None:
@@ -81,21 +89,24 @@ def build_brain(
 
 
 def prepare_splits(
-    brain: ASR, data_folder: str | Path, tsvs: dict[str, str | Path | None]
+    hparams: dict[str, Any], data_folder: str | Path, tsvs: dict[str, str | Path | None]
 ) -> dict[str, Path]:
-    """Prepare each given TSV into ``<output_folder>/save/<split>.csv`` (cached by content)."""
-    hparams = brain.hparams
-    save_folder = Path(hparams.output_folder) / "save"
+    """Prepare each given TSV into ``<output_folder>/save/<split>.csv`` (cached by content).
+
+    Needs only the config (``vars(brain.hparams)`` once a Brain exists), so a bad TSV is reported
+    before any model is built.
+    """
+    save_folder = Path(hparams["output_folder"]) / "save"
     csv_files = {}
     for split, tsv in tsvs.items():
         if tsv is not None:
             csv_files[split] = save_folder / f"{split}.csv"
             prepare_tsv(
                 tsv, csv_files[split], data_folder,
-                language=getattr(hparams, "language", "en"),
-                accented_letters=getattr(hparams, "accented_letters", False),
-                max_duration=getattr(hparams, "avoid_if_longer_than", None),
-                min_duration=getattr(hparams, "avoid_if_shorter_than", 0.0),
+                language=hparams.get("language", "en"),
+                accented_letters=hparams.get("accented_letters", False),
+                max_duration=hparams.get("avoid_if_longer_than"),
+                min_duration=hparams.get("avoid_if_shorter_than", 0.0),
             )
     return csv_files
 
@@ -123,15 +134,20 @@ def init_model(
     Each given TSV becomes a dataset under its split name (``train``, ``dev``, ``test`` and the
     names in ``extra_tsvs``). The tokenizer defaults to one trained from ``train_tsv``.
     """
+    output_folder = Path(output_folder)
+    overrides = {"output_folder": str(output_folder), **(overrides or {})}
+    hparams = load_config(config_file, overrides)
+    splits = {"train": train_tsv, "dev": valid_tsv, "test": test_tsv, **(extra_tsvs or {})}
+    csv_files = prepare_splits(hparams, data_folder, splits)  # the data's errors come first
     brain = build_brain(
         config_file,
         output_folder=output_folder,
         tokenizer_source=tokenizer_source if tokenizer_source is not None else train_tsv,
         device=device,
         overrides=overrides,
+        hparams=hparams,
     )
-    splits = {"train": train_tsv, "dev": valid_tsv, "test": test_tsv, **(extra_tsvs or {})}
-    return brain, datasets_for(brain, prepare_splits(brain, data_folder, splits))
+    return brain, datasets_for(brain, csv_files)
 
 
 def set_threads(num_threads: int) -> None:

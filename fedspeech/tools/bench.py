@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -31,10 +30,11 @@ from fedspeech.base.checks import check_at_least, check_file
 from fedspeech.base.cli import ArgumentParser, run_cli
 from fedspeech.base.errors import UsageError
 from fedspeech.base.paths import ROOT
+from fedspeech.core.row import RoundRow
 from fedspeech.records.history import load_history, write_json_atomic
 from fedspeech.speech.config import parse_overrides
 from fedspeech.tools.flags import add_model_flags
-from fedspeech.tools.launch import free_port, pump, start, stop_all, wait_all, wait_for_port
+from fedspeech.tools.launch import client_command, free_port, run_federation, server_command
 
 Row = dict[str, Any]
 WAIT_POLICIES = ("default", "PASSIVE", "ACTIVE")
@@ -42,16 +42,11 @@ MB = 1024 * 1024
 
 
 # ---- pure parts: what a history says ---------------------------------------------------------
-def _num(row: Row, key: str) -> float | None:
-    value = row.get(key)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
 def _sub(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
-def round_costs(row: Row) -> Row:
+def round_costs(row: RoundRow) -> Row:
     """One history row's phase costs, with the derived ones the report shows.
 
     ``transfer_seconds`` = ``fit_wait_seconds`` − ``client_fit_seconds_max``: serialisation,
@@ -59,38 +54,33 @@ def round_costs(row: Row) -> Row:
     per client process: training utterances (``examples``, every epoch counted) over the sum of
     the clients' training-stage seconds.
     """
-    clients = row.get("clients") or []
-    train_mean = _num(row, "client_train_seconds_mean")
-    examples = _num(row, "examples")
+    clients = row.clients or []
+    train_mean = row.client_train_seconds_mean
     train_sum = train_mean * len(clients) if train_mean is not None and clients else None
-    received = row.get("bytes_received") or {}
-    rss = row.get("client_peak_rss_mb") or {}
-    phases = ("fit_wait_seconds", "aggregate_seconds", "server_train_seconds",
-              "server_eval_seconds")
-    known = [_num(row, k) for k in phases]
-    out: Row = {
-        "round": row["round"],
+    phases = (row.fit_wait_seconds, row.aggregate_seconds, row.server_train_seconds,
+              row.server_eval_seconds)
+    copied = ("client_fit_seconds_max", "client_fit_seconds_mean", "client_train_seconds_max",
+              "client_train_seconds_mean", "client_valid_seconds_max",
+              "client_valid_seconds_mean", "fit_wait_seconds", "aggregate_seconds",
+              "server_train_seconds", "server_eval_seconds", "client_eval_seconds_max",
+              "client_eval_seconds_mean", "server_peak_rss_mb", "examples",
+              "initial_eval_seconds", "final_test_seconds")
+    return {
+        "round": row.round,
         "clients": len(clients),
-        "seconds": _num(row, "seconds"),
-        **{k: _num(row, k) for k in (
-            "client_fit_seconds_max", "client_fit_seconds_mean",
-            "client_train_seconds_max", "client_train_seconds_mean",
-            "client_valid_seconds_max", "client_valid_seconds_mean",
-            "fit_wait_seconds", "aggregate_seconds", "server_train_seconds",
-            "server_eval_seconds", "client_eval_seconds_max", "client_eval_seconds_mean",
-            "server_peak_rss_mb", "examples", "initial_eval_seconds", "final_test_seconds")},
-        "transfer_seconds": _sub(_num(row, "fit_wait_seconds"),
-                                 _num(row, "client_fit_seconds_max")),
+        "seconds": row.number("seconds"),
+        **{k: row.number(k) for k in copied},
+        "transfer_seconds": _sub(row.number("fit_wait_seconds"),
+                                 row.number("client_fit_seconds_max")),
         # the rest of the round: federated evaluation (send, clients' dev sets, answer), records
-        "after_eval_seconds": _sub(_num(row, "seconds"),
-                                   sum(v for v in known if v is not None)),
-        "bytes_sent_per_client": _num(row, "bytes_sent_per_client"),
-        "bytes_received": dict(received),
-        "client_peak_rss_mb": dict(rss),
-        "utts_per_second": (examples / train_sum if examples is not None and train_sum
-                            else None),
+        "after_eval_seconds": _sub(row.number("seconds"),
+                                   sum(v for v in phases if v is not None)),
+        "bytes_sent_per_client": row.number("bytes_sent_per_client"),
+        "bytes_received": dict(row.bytes_received or {}),
+        "client_peak_rss_mb": dict(row.client_peak_rss_mb or {}),
+        "utts_per_second": (row.examples / train_sum
+                            if row.examples is not None and train_sum else None),
     }
-    return out
 
 
 def bare_round_seconds(bare_round: Row) -> float:
@@ -285,46 +275,26 @@ def model_args(args: argparse.Namespace, tokenizer: str) -> list[str]:
     return out
 
 
-def run_federation(args: argparse.Namespace, data: dict[str, Path], save: Path,
-                   env: dict[str, str]) -> tuple[float, list[Row]]:
+def time_federation(args: argparse.Namespace, data: dict[str, Path], save: Path,
+                   env: dict[str, str]) -> tuple[float, list[RoundRow]]:
     """Start the server and the clients as processes; wall time and the server's history."""
-    (save / "logs").mkdir(parents=True, exist_ok=True)
     port = free_port()
     address = f"127.0.0.1:{port}"
-    py = sys.executable
     shared = model_args(args, args.tokenizer_path)
-    server_cmd = [
-        py, "server.py", "--data_path", args.data_path, "--test_path", str(data["test"]),
-        "--rounds", str(args.rounds), "--local_epochs", str(args.local_epochs),
-        "--min_fit_clients", str(args.num_clients),
-        "--min_available_clients", str(args.num_clients),
-        "--server_address", address, "--save_path", str(save), *shared,
-    ]
+    options = ["--local_epochs", str(args.local_epochs), *shared]
     if "train_add" in data:
-        server_cmd += ["--tr_add_path", str(data["train_add"])]
-    procs: list[subprocess.Popen] = []
-    threads = []
+        options += ["--tr_add_path", str(data["train_add"])]
+    server_cmd = server_command(address, save, data_path=args.data_path,
+                                test_path=str(data["test"]), clients=args.num_clients,
+                                rounds=args.rounds, options=options)
+    dev = ["--dev_path", str(data["dev"])] if "dev" in data else []
+    client_cmds = [client_command(k, address, save, data_path=args.data_path,
+                                  tr_path=data[f"train_{k}"], options=[*shared, *dev])
+                   for k in range(args.num_clients)]
     started = time.monotonic()
-    try:
-        server = start(server_cmd, env)
-        procs.append(server)
-        threads.append(pump(server, save / "logs" / "server.log", "  "))
-        wait_for_port(port, server, 600)
-        for k in range(args.num_clients):
-            cmd = [py, "client.py", "--cid", str(k), "--data_path", args.data_path,
-                   "--tr_path", str(data[f"train_{k}"]), "--server_address", address,
-                   "--save_path", str(save), *shared]
-            if "dev" in data:
-                cmd += ["--dev_path", str(data["dev"])]
-            procs.append(start(cmd, env))
-            threads.append(pump(procs[-1], save / "logs" / f"client_{k}.log", None))
-        failed = wait_all(procs)
-    except BaseException:
-        stop_all(procs)
-        raise
+    failed = run_federation(server_cmd, client_cmds, port, save / "logs", env,
+                            start_timeout=600, echo=False)
     wall = time.monotonic() - started
-    for thread in threads:
-        thread.join(timeout=5)
     if failed:
         raise UsageError(f"federation failed ({', '.join(failed)}); logs in {save / 'logs'}")
     return wall, load_history(save / "history.json")
@@ -355,7 +325,8 @@ def run_bare(args: argparse.Namespace, data: dict[str, Path], save: Path) -> Row
     )
     trainers = []
     for k in range(args.num_clients):
-        csvs = prepare_splits(brain, args.data_path, {f"client_{k}": data[f"train_{k}"],
+        csvs = prepare_splits(
+            vars(brain.hparams), args.data_path, {f"client_{k}": data[f"train_{k}"],
                                                       f"client_{k}_dev": data.get("dev")})
         sources = {"train": csvs[f"client_{k}"]}
         if f"client_{k}_dev" in csvs:
@@ -390,13 +361,13 @@ def run_bare(args: argparse.Namespace, data: dict[str, Path], save: Path) -> Row
             started = time.monotonic()
             trainer.evaluate(core.weights)
             evals.append(time.monotonic() - started)
-        row = core.row(rnd)
+        row = core.history[-1]
         rounds.append({
             "round": rnd, "client_fit_seconds": fit, "client_train_seconds": train,
-            "client_valid_seconds": valid, "aggregate_seconds": row["aggregate_seconds"],
-            "server_train_seconds": row.get("server_train_seconds"),
-            "server_eval_seconds": row["server_eval_seconds"], "client_eval_seconds": evals,
-            "examples": row.get("examples"),
+            "client_valid_seconds": valid, "aggregate_seconds": row.aggregate_seconds,
+            "server_train_seconds": row.server_train_seconds,
+            "server_eval_seconds": row.server_eval_seconds, "client_eval_seconds": evals,
+            "examples": row.examples,
         })
     final = None
     if brain.final_decoding_differs:
@@ -479,7 +450,7 @@ def run(args: argparse.Namespace) -> Row:
     load_before = load_average()
     data, counts = make_data(args, save / "data")
     print(f"bench: load average {load_before}; federation in {save}", flush=True)
-    wall, history = run_federation(args, data, save / "federation", env)
+    wall, history = time_federation(args, data, save / "federation", env)
     rounds = [round_costs(row) for row in history]
     bare = None if args.no_bare else run_bare(args, data, save)
     result: Row = {

@@ -2,10 +2,10 @@
 """Run the same federation several ways and compare: weighting (num / loss / wer), with and
 without server-side training, with and without pre-training, and with one bad client (its
 transcripts shuffled). Writes ``<out>/comparison.md`` (final test WER, WER on the unseen voice,
-wall time per run) and ``<out>/comparison.png`` (all runs overlaid); ``--update_readme`` also puts
-both into README.md (between the comparison markers) and ``docs/comparison.png``.
+wall time per run) and ``<out>/comparison.png`` (all runs overlaid); ``--update_docs`` also puts
+both into docs/demo.md (between the comparison markers) and ``docs/comparison.png``.
 
-    python scripts/compare_strategies.py --update_readme        # about 30 minutes on 2 cores
+    python scripts/compare_strategies.py --update_docs        # about 30 minutes on 2 cores
     python scripts/compare_strategies.py --runs fedavg,wer --rounds 3
 """
 
@@ -26,7 +26,7 @@ from fedspeech.base.errors import UsageError
 from fedspeech.base.paths import ROOT
 from fedspeech.records.history import load_history
 from fedspeech.records.plots import plot_histories
-from fedspeech.tools.docs_section import update_readme_section
+from fedspeech.tools.docs_section import update_docs_section
 
 # name -> (weighting, server-side training, pre-trained, bad client)
 RUNS: dict[str, tuple[str, bool, bool, bool]] = {
@@ -97,13 +97,12 @@ def table(results: list[dict], rounds: int, local_epochs: int) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--save_path", "--out", dest="save_path", type=Path,
-                   default=Path("results/compare"),
-                   help="output folder (old name --out, kept for one release)")
+    p.add_argument("--save_path", type=Path, default=Path("results/compare"),
+                   help="output folder")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--local_epochs", type=int, default=2)
     p.add_argument("--runs", default=",".join(RUNS), help=f"comma list from {', '.join(RUNS)}")
-    p.add_argument("--update_readme", action="store_true")
+    p.add_argument("--update_docs", action="store_true")
     return p
 
 
@@ -133,8 +132,8 @@ def run(args: argparse.Namespace) -> None:
     png = plot_histories({r["name"]: r["history"] for r in results}, out / "comparison.png",
                          title="server test WER per round (dashed: unseen voice)")
     print(markdown)
-    if args.update_readme:
-        update_readme_section("comparison", markdown, png, "comparison")
+    if args.update_docs:
+        update_docs_section("demo.md", "comparison", markdown, png, "comparison")
 
 
 def main(argv: list[str] | None = None) -> int:

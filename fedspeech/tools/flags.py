@@ -7,6 +7,7 @@ import argparse
 
 from fedspeech.base.paths import CONFIG_DIR
 from fedspeech.core.settings import GRPC_MAX_MESSAGE_LENGTH
+from fedspeech.math.robust import AGGREGATIONS
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
@@ -25,6 +26,9 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num_threads", type=int, default=0,
                    help="torch CPU threads (0: torch's default); use 1 when several "
                         "processes share a few cores")
+    p.add_argument("--verbose", action="store_true",
+                   help="SpeechBrain's and Flower's INFO lines on the terminal too (they always "
+                        "go to <save_path>/logs/<program>.log)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -43,3 +47,33 @@ def add_grpc_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grpc_max_message_length", type=int, default=GRPC_MAX_MESSAGE_LENGTH,
                    help="largest gRPC message in bytes (the model travels in one; default: "
                         "gRPC's ceiling, 2 GiB)")
+
+
+def add_trust_flags(p: argparse.ArgumentParser) -> None:
+    """The server's defences against a dishonest or broken client (docs/trust.md)."""
+    g = p.add_argument_group("trust: what the server does not take on a client's word")
+    g.add_argument("--robust", action="store_true",
+                   help="the measured recommended preset (docs/trust.md): --clip_update_norm auto, "
+                        "--weight_strategy server_loss, --max_client_share 0.5; needs "
+                        "--score_path")
+    g.add_argument("--score_path", type=str, default=None,
+                   help="the server's scoring set (a TSV that is not the test set): every "
+                        "update is measured on it, for server_* weighting and against claims")
+    g.add_argument("--score_utts", type=int, default=None,
+                   help="score on at most this many utterances of --score_path")
+    g.add_argument("--claim_margin", type=float, default=15.0,
+                   help="WER points between a client's claimed and the server's measured WER "
+                        "above which the client is named in a warning")
+    g.add_argument("--max_client_share", type=float, default=None,
+                   help="no client's coefficient above this share (the excess goes to the others)")
+    g.add_argument("--max_examples", type=int, default=None,
+                   help="a claimed sample count above this counts as this (num weighting)")
+    g.add_argument("--clip_update_norm", type=str, default=None, metavar="C|auto",
+                   help="clip each client's change from the global model to L2 norm C, or to "
+                        "the round's median change (auto)")
+    g.add_argument("--aggregation", type=str, default="mean", choices=AGGREGATIONS,
+                   help="mean (weighted), or one of Flower's robust rules")
+    g.add_argument("--trim_fraction", type=float, default=0.2,
+                   help="trimmed_mean: share of the values cut at each end of every coordinate")
+    g.add_argument("--num_malicious", type=int, default=0,
+                   help="krum, multikrum, bulyan: the number of attackers to resist")

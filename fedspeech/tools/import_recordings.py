@@ -27,7 +27,7 @@ from pathlib import Path
 
 from fedspeech.base.cli import ArgumentParser, run_cli
 from fedspeech.base.errors import UsageError, UserError
-from fedspeech.speech.folds import write_tsv
+from fedspeech.base.tsv import write_tsv
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 AUDIO = (".wav", ".flac", ".mp3", ".ogg")

@@ -7,8 +7,9 @@ failure it stops all its children. Logs go to ``<save_path>/logs/``; the server'
 are echoed here.
 
 Client k trains on ``<tr_path>/train_<k>.tsv``. Arguments after ``--server_args`` /
-``--client_args`` are passed through to every server / client command line (the hyphenated
-``--server-args`` / ``--client-args`` are old names, kept for one release).
+``--client_args`` are passed through to every server / client command line.
+:func:`server_command`, :func:`client_command` and :func:`run_federation` are the one place that
+writes the federation's command lines and runs its processes (``scripts/bench.py`` uses them too).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from fedspeech.base.paths import ROOT
@@ -104,28 +106,69 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight_strategy", default="num")
     p.add_argument("--save_path", default="results/demo")
     p.add_argument("--port", type=int, default=0, help="0: pick a free port")
-    p.add_argument("--num_threads", "--threads", dest="num_threads", type=int, default=1,
-                   help="torch threads per process (old name --threads, kept for one release)")
-    p.add_argument("--pre_train_model_path", "--pretrained", dest="pre_train_model_path",
-                   default=None, metavar="DIR",
+    p.add_argument("--num_threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--pre_train_model_path", default=None, metavar="DIR",
                    help="start from DIR/model.ckpt with DIR/tokenizer.model (from "
-                        "scripts/pretrain.py; run first if DIR has no model.ckpt; old name "
-                        "--pretrained, kept for one release)")
+                        "scripts/pretrain.py; run first if DIR has no model.ckpt)")
     p.add_argument("--start_timeout", type=float, default=300.0,
                    help="seconds to wait for the server to listen")
-    p.add_argument("--server_args", "--server-args", dest="server_args",
-                   nargs=argparse.REMAINDER, default=[],
+    p.add_argument("--server_args", nargs=argparse.REMAINDER, default=[],
                    help="the rest goes to server.py (before any --client_args)")
     return p
 
 
 def split_client_args(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Split off ``--client_args ...`` (or the old ``--client-args``): those go to every client."""
-    for flag in ("--client_args", "--client-args"):
-        if flag in argv:
-            i = argv.index(flag)
-            return argv[:i], argv[i + 1:]
+    """Split off ``--client_args ...``: those go to every client."""
+    if "--client_args" in argv:
+        i = argv.index("--client_args")
+        return argv[:i], argv[i + 1:]
     return argv, []
+
+
+def server_command(address: str, save_path: str | Path, *, data_path: str, test_path: str,
+                   clients: int, rounds: int, options: Sequence[str] = ()) -> list[str]:
+    """A ``server.py`` command line on 127.0.0.1 expecting ``clients`` clients every round."""
+    return [sys.executable, "server.py", "--data_path", data_path, "--test_path", test_path,
+            "--rounds", str(rounds), "--min_fit_clients", str(clients),
+            "--min_available_clients", str(clients), "--server_address", address,
+            "--save_path", str(save_path), *options]
+
+
+def client_command(cid: int | str, address: str, save_path: str | Path, *, data_path: str,
+                   tr_path: str | Path, options: Sequence[str] = ()) -> list[str]:
+    """A ``client.py`` command line for client ``cid``."""
+    return [sys.executable, "client.py", "--cid", str(cid), "--data_path", data_path,
+            "--tr_path", str(tr_path), "--server_address", address,
+            "--save_path", str(save_path), *options]
+
+
+def run_federation(server_cmd: list[str], client_cmds: Sequence[list[str]], port: int,
+                   logs: Path, env: dict[str, str], *, start_timeout: float = 300.0,
+                   echo: bool = True, procs: list[subprocess.Popen] | None = None) -> list[str]:
+    """Start the server, wait until it listens, start the clients, wait for all; the names of
+    the processes that failed (the others are stopped at the first failure). Output goes to
+    ``logs/server.log`` and ``logs/client_<k>.log``; ``echo`` prints the server's progress."""
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = [] if procs is None else procs
+    threads: list[threading.Thread] = []
+    try:
+        server = start(server_cmd, env)
+        procs.append(server)
+        threads.append(pump(server, logs / "server.log", "" if echo else None))
+        wait_for_port(port, server, start_timeout)
+        if echo:
+            print(f"launch: server listening on 127.0.0.1:{port}; starting "
+                  f"{len(client_cmds)} clients", flush=True)
+        for k, cmd in enumerate(client_cmds):
+            procs.append(start(cmd, env))
+            threads.append(pump(procs[-1], logs / f"client_{k}.log", None))
+        return wait_all(procs)
+    except BaseException:
+        stop_all(procs)
+        raise
+    finally:
+        for thread in threads:
+            thread.join(timeout=5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,41 +176,38 @@ def main(argv: list[str] | None = None) -> int:
     argv, client_extra = split_client_args(argv)
     args = build_parser().parse_args(argv)
     save = Path(args.save_path)
-    (save / "logs").mkdir(parents=True, exist_ok=True)
     port = args.port or free_port()
     address = f"127.0.0.1:{port}"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if args.num_threads > 0:  # 0: torch's default (OMP_NUM_THREADS=0 would be invalid)
         env["OMP_NUM_THREADS"] = str(args.num_threads)
-    py = sys.executable
     shared: list[str] = []  # arguments for the server and every client
     if args.pre_train_model_path:
         pre = Path(args.pre_train_model_path)
         if not (pre / "model.ckpt").is_file():
             print(f"launch: no {pre / 'model.ckpt'}; running scripts/pretrain.py first", flush=True)
-            subprocess.run([py, "scripts/pretrain.py", "--save_path", str(pre), "--config_file",
-                            args.config_file, "--num_threads", "2"], cwd=ROOT, check=True)
+            subprocess.run([sys.executable, "scripts/pretrain.py", "--save_path", str(pre),
+                            "--config_file", args.config_file, "--num_threads", "2"],
+                           cwd=ROOT, check=True)
         args.tokenizer_path = str(pre / "tokenizer.model")
         shared = ["--pre_train_model_path", str(pre / "model.ckpt")]
-    server_cmd = [
-        py, "server.py", "--data_path", args.data_path, "--test_path", args.test_path,
-        "--tokenizer_path", args.tokenizer_path, "--config_file", args.config_file,
-        "--rounds", str(args.rounds),
-        "--min_fit_clients", str(args.num_clients),
-        "--min_available_clients", str(args.num_clients),
-        "--weight_strategy", args.weight_strategy, "--server_address", address,
-        "--save_path", str(save), "--num_threads", str(args.num_threads),
-    ]
+    shared = ["--tokenizer_path", args.tokenizer_path, "--config_file", args.config_file,
+              "--num_threads", str(args.num_threads), *shared]
+    options = ["--weight_strategy", args.weight_strategy, *shared]
     if args.local_epochs is not None:
-        server_cmd += ["--local_epochs", str(args.local_epochs)]
+        options += ["--local_epochs", str(args.local_epochs)]
     if args.tr_add_path:
-        server_cmd += ["--tr_add_path", args.tr_add_path]
+        options += ["--tr_add_path", args.tr_add_path]
     for item in args.extra_test:
-        server_cmd += ["--extra_test", item]
-    server_cmd += shared + args.server_args
-
+        options += ["--extra_test", item]
+    server_cmd = server_command(address, save, data_path=args.data_path,
+                                test_path=args.test_path, clients=args.num_clients,
+                                rounds=args.rounds, options=[*options, *args.server_args])
+    client_cmds = [client_command(k, address, save, data_path=args.data_path,
+                                  tr_path=args.tr_path,
+                                  options=["--dev_path", args.dev_path, *shared, *client_extra])
+                   for k in range(args.num_clients)]
     procs: list[subprocess.Popen] = []
-    threads: list[threading.Thread] = []
 
     def on_signal(signum, frame):  # noqa: ARG001
         print(f"\nlaunch: signal {signum}, stopping all processes", file=sys.stderr)
@@ -178,30 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     started = time.monotonic()
     try:
-        server = start(server_cmd, env)
-        procs.append(server)
-        threads.append(pump(server, save / "logs" / "server.log", ""))
-        wait_for_port(port, server, args.start_timeout)
-        print(f"launch: server listening on {address}; starting {args.num_clients} clients",
-              flush=True)
-        for k in range(args.num_clients):
-            cmd = [
-                py, "client.py", "--cid", str(k), "--data_path", args.data_path,
-                "--tr_path", args.tr_path, "--dev_path", args.dev_path,
-                "--tokenizer_path", args.tokenizer_path, "--config_file", args.config_file,
-                "--server_address", address, "--save_path", str(save),
-                "--num_threads", str(args.num_threads), *shared, *client_extra,
-            ]
-            client = start(cmd, env)
-            procs.append(client)
-            threads.append(pump(client, save / "logs" / f"client_{k}.log", None))
-        failed = wait_all(procs)
+        failed = run_federation(server_cmd, client_cmds, port, save / "logs", env,
+                                start_timeout=args.start_timeout, procs=procs)
     except RuntimeError as err:
         print(f"launch: error: {err}", file=sys.stderr)
-        stop_all(procs)
         failed = ["server"]
-    for thread in threads:
-        thread.join(timeout=5)
     elapsed = time.monotonic() - started
     if failed:
         print(f"launch: FAILED ({', '.join(failed)}) after {elapsed:.0f}s; logs in "

@@ -18,7 +18,6 @@ The same ``--seed`` gives the same texts, voices and file names. Needs ``espeak-
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import random
 import shutil
@@ -32,6 +31,8 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as taf
+
+from fedspeech.base.tsv import write_tsv
 
 DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 TSV_COLUMNS = [
@@ -138,23 +139,14 @@ def build(out_dir: Path, seed: int, scale: float = 1.0) -> dict[str, int]:
                         "segment": "",
                     })
             rng.shuffle(rows)
-            write_tsv(out_dir / f"{split}.tsv", rows)
+            write_tsv(out_dir / f"{split}.tsv", rows, TSV_COLUMNS)
             counts[split] = len(rows)
             if split == "test":  # the voices no client or pre-training run ever hears
                 unseen = {client_id(v, seed) for v in VOICES if v.group == "unseen"}
                 unseen_rows = [r for r in rows if r["client_id"] in unseen]
-                write_tsv(out_dir / "test_unseen.tsv", unseen_rows)
+                write_tsv(out_dir / "test_unseen.tsv", unseen_rows, TSV_COLUMNS)
                 counts["test_unseen"] = len(unseen_rows)
     return counts
-
-
-def write_tsv(path: Path, rows: list[dict[str, str]]) -> None:
-    """Write rows as a Common Voice TSV (no quoting: sentences keep their quotes)."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, TSV_COLUMNS, delimiter="\t", quoting=csv.QUOTE_NONE,
-                                lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,6 @@ noise (the new clips are written to ``<out_dir>/clips/``: run that client with `
 from __future__ import annotations
 
 import argparse
-import csv
 import random
 import sys
 from pathlib import Path
@@ -23,6 +22,8 @@ from common_voice_prepare import read_tsv
 from fedspeech.base.checks import check_at_least
 from fedspeech.base.cli import ArgumentParser, run_cli
 from fedspeech.base.errors import UsageError
+from fedspeech.base.tsv import write_tsv
+from fedspeech.core.settings import train_tsv_for
 from fedspeech.speech.partitioning import split_by_speaker, split_iid
 
 
@@ -54,14 +55,6 @@ def add_noise(
         sf.write(target, np.clip(audio + noise, -1, 1).astype(np.float32), 16000)
         out.append({**row, "path": target.name})
     return out
-
-
-def write_tsv(path: Path, header: list[str], rows: list[dict[str, str]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, header, delimiter="\t", quoting=csv.QUOTE_NONE,
-                                lineterminator="\n", escapechar=None)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +90,7 @@ def run(args: argparse.Namespace) -> None:
                 data = args.data_path or args.tsv.parent
                 part = add_noise(part, data, args.out_dir, args.snr_db, args.seed)
             note = f" (corrupted: {args.corruption})"
-        write_tsv(args.out_dir / f"train_{k}.tsv", header, part)
+        write_tsv(train_tsv_for(args.out_dir, str(k)), part, header)
         speakers = len({r.get("client_id", "") for r in part})
         print(f"train_{k}.tsv: {len(part)} utterances, {speakers} speakers{note}")
 

@@ -27,29 +27,22 @@ from fedspeech.base.cli import ArgumentParser, run_cli
 from fedspeech.base.errors import UsageError
 from fedspeech.base.files import atomic_write
 from fedspeech.base.paths import ROOT
+from fedspeech.base.tsv import write_tsv
 from fedspeech.records.history import write_json_atomic
 from fedspeech.speech.config import parse_overrides
-from fedspeech.speech.folds import write_tsv
 from fedspeech.speech.model import init_model, set_threads
 from fedspeech.tools.flags import add_data_flags, add_model_flags
 from weights import model_state_dict, save_checkpoint
-
-OLD_NAME = "(old name {}, kept for one release)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__.splitlines()[0])
     add_data_flags(p, tokenizer_default="--tr_path", data_path=str(ROOT / "temp_dataset"),
                    save_path="results/pretrain")
-    p.add_argument("--tr_path", "--train_tsv", dest="tr_path",
-                   default=str(ROOT / "temp_dataset" / "pretrain.tsv"),
-                   help="pre-training split(s), comma-separated (not any client's data) " +
-                        OLD_NAME.format("--train_tsv"))
-    p.add_argument("--dev_path", "--dev_tsv", dest="dev_path",
-                   default=str(ROOT / "temp_dataset" / "dev.tsv"),
-                   help="validation split, for the WER printed after every epoch " +
-                        OLD_NAME.format("--dev_tsv"))
-    p.add_argument("--out", dest="save_path", help="old name of --save_path, kept for one release")
+    p.add_argument("--tr_path", default=str(ROOT / "temp_dataset" / "pretrain.tsv"),
+                   help="pre-training split(s), comma-separated (not any client's data)")
+    p.add_argument("--dev_path", default=str(ROOT / "temp_dataset" / "dev.tsv"),
+                   help="validation split, for the WER printed after every epoch")
     p.add_argument("--epochs", type=int, default=15)
     add_model_flags(p)
     return p

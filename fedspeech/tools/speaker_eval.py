@@ -4,14 +4,14 @@
 For each held-out speaker of a Common Voice folder (speakers are ``client_id`` values), a real
 federation (``scripts/launch.py``: one client per remaining speaker, server-side training on
 held-out takes of those speakers) and centralised training on their pooled takes with the same
-schedule (:func:`speaker_folds.train_centralised`). Reports the WER on the held-out speaker and on
-new takes of the training speakers, and wall times, per fold and on average:
-``<save_path>/speaker_eval.{md,json,png}``; ``--update_readme`` also writes them into README.md
-(between the real-speech markers) and ``docs/speaker_eval.png``.
+schedule (:func:`fedspeech.roles.centralised.train_centralised`). Reports the WER on the held-out
+speaker and on new takes of the training speakers, and wall times, per fold and on average:
+``<save_path>/speaker_eval.{md,json,png}``; ``--update_docs`` also writes them into
+docs/real-speech.md (between the real-speech markers) and ``docs/speaker_eval.png``.
 
-    python scripts/speaker_eval.py ../shared/data/fsdd4 --update_readme
+    python scripts/speaker_eval.py ../shared/data/fsdd4 --update_docs
     python scripts/speaker_eval.py ../shared/data/fsdd4 --folds speaker_george --rounds 5
-    python scripts/speaker_eval.py ../shared/data/fsdd4 --resume --update_readme  # kept folds
+    python scripts/speaker_eval.py ../shared/data/fsdd4 --resume --update_docs  # kept folds
     python scripts/speaker_eval.py ../shared/data/fsdd4 --pretrained results/pretrain_real
 """
 
@@ -34,12 +34,13 @@ from fedspeech.base.cli import ArgumentParser, run_cli
 from fedspeech.base.errors import UsageError
 from fedspeech.base.paths import ROOT
 from fedspeech.records.history import load_history, write_json_atomic
+from fedspeech.roles.centralised import train_centralised
 from fedspeech.speech.config import parse_overrides
-from fedspeech.speech.folds import Fold, make_folds, train_centralised, write_fold
+from fedspeech.speech.folds import Fold, make_folds, write_fold
 from fedspeech.speech.model import set_threads
 from fedspeech.speech.text import normalize_sentence
 from fedspeech.speech.tokenizer import Tokenizer
-from fedspeech.tools.docs_section import update_readme_section
+from fedspeech.tools.docs_section import update_docs_section
 from fedspeech.tools.flags import add_model_flags
 
 RUN_KINDS = ("federated", "centralised")
@@ -221,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", type=Path, default=None, metavar="DIR",
                    help="start both runs of every fold from DIR/model.ckpt with "
                         "DIR/tokenizer.model (scripts/pretrain.py, on other speakers)")
-    p.add_argument("--update_readme", action="store_true")
+    p.add_argument("--update_docs", action="store_true")
     add_model_flags(p)
     p.set_defaults(config_file="real_cpu.yaml")
     return p
@@ -272,8 +273,8 @@ def run(args: argparse.Namespace) -> list[dict]:
         k: str(v) for k, v in vars(args).items()}}, out / "speaker_eval.json")
     png = plot(results, out / "speaker_eval.png")
     print(markdown)
-    if args.update_readme:
-        update_readme_section("real-speech", markdown, png, "speaker evaluation")
+    if args.update_docs:
+        update_docs_section("real-speech.md", "real-speech", markdown, png, "speaker evaluation")
     return results
 
 

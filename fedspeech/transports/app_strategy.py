@@ -1,9 +1,10 @@
-"""CoreFedAvg: the Flower App's Message-API strategy, a thin adapter over :mod:`round_core`.
+"""CoreFedAvg: the Flower App's Message-API strategy, a thin adapter over the round core.
 
 Flower's ``FedAvg`` keeps the sampling (a fraction and a minimum of the connected nodes) and the
-message plumbing; each reply becomes a :class:`round_core.Update` or
-:class:`round_core.Evaluation`, and the core does the round: screening, weighting, averaging one
-update at a time, server-side training, evaluation, records.
+message plumbing; each reply becomes a :class:`~fedspeech.core.round.Update` or
+:class:`~fedspeech.core.round.Evaluation` (keys: :mod:`fedspeech.core.protocol`), and the core does
+the round: screening, weighting, averaging one update at a time, server-side training,
+evaluation, records.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
+from fedspeech.base.checks import is_finite
+from fedspeech.core import protocol
 from fedspeech.core.round import Evaluation, RoundCore, Update
 from fedspeech.transports.app_arrays import from_record, record_bytes, to_record
 
@@ -34,10 +37,9 @@ class CoreFedAvg(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        rnd = self.core.round_number(server_round)
-        config["round"] = rnd  # global: a resumed run keeps counting epochs
-        config["epochs"] = self.local_epochs
-        config["tokenizer-sha256"] = self.core.tokenizer_sha256 or ""
+        rnd = self.core.round_number(server_round)  # global: a resumed run keeps counting
+        # FedAvg writes protocol.ROUND (Flower's server-round) from the round it is given
+        config.update(protocol.train_config(rnd, self.local_epochs, self.core.tokenizer_sha256))
         messages = list(super().configure_train(rnd, arrays, config, grid))  # waits for nodes
         # the round's clock starts once its nodes are there, not while they start up
         self.core.begin(rnd, sent_bytes=record_bytes(arrays))
@@ -56,62 +58,62 @@ class CoreFedAvg(FedAvg):
                 failures += 1
                 logger.warning("round %d: node %s failed: %s", rnd, node, reply.error.reason)
                 continue
-            metrics = dict(reply.content["metrics"])
-            info = reply.content.get("info", ConfigRecord())
+            metrics = dict(reply.content[protocol.METRICS])
+            info = reply.content.get(protocol.INFO, ConfigRecord())
             updates.append(Update(
-                client=str(info.get("cid", node)),
+                client=str(info.get(protocol.CLIENT_ID, node)),
                 node=str(node),
-                num_examples=int(metrics.pop("num-examples", 0)),
+                num_examples=int(metrics.pop(protocol.NUM_EXAMPLES, 0)),
                 metrics=metrics,
-                decode=lambda reply=reply: from_record(reply.content["arrays"]),
-                tokenizer_sha256=info.get("tokenizer-sha256"),
-                payload_bytes=record_bytes(reply.content["arrays"]),
+                decode=lambda reply=reply: from_record(reply.content[protocol.ARRAYS]),
+                tokenizer_sha256=info.get(protocol.TOKENIZER_SHA256),
+                payload_bytes=record_bytes(reply.content[protocol.ARRAYS]),
             ))
         failed = [str(node) for node in self._asked - answered]
         failures += len(failed)
         aggregated = self.core.aggregate(rnd, updates, failed=failed, failures=failures)
         if aggregated is None:
             return None, None
-        row = self.core.row(rnd)
-        summary = {k: row[k] for k in ("train_loss", "valid_wer") if _is_number(row.get(k))}
+        # the kept updates' metrics: a refused client's loss or sample count must not count
+        summary = {k: v for k, v in self.core.fit_metrics.items() if is_finite(v)}
         return to_record(aggregated), MetricRecord(summary)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        config["tokenizer-sha256"] = self.core.tokenizer_sha256 or ""
-        return super().configure_evaluate(self.core.round_number(server_round), arrays, config,
-                                          grid)
+        rnd = self.core.round_number(server_round)
+        config.update(protocol.evaluate_config(rnd, self.core.tokenizer_sha256))
+        messages = list(super().configure_evaluate(rnd, arrays, config, grid))
+        if not messages:  # no federated evaluation this round: it is complete without one
+            self.core.record_client_evaluation(rnd, [])
+        return messages
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         rnd = self.core.round_number(server_round)
-        evaluations = []
+        evaluations, failures = [], 0
         for reply in replies:
             if reply.has_error():
+                failures += 1
                 logger.warning("round %d: evaluation on node %s failed: %s", rnd,
                                reply.metadata.src_node_id, reply.error.reason)
                 continue
-            metrics = dict(reply.content["metrics"])
-            info = reply.content.get("info", ConfigRecord())
+            metrics = dict(reply.content[protocol.METRICS])
+            info = reply.content.get(protocol.INFO, ConfigRecord())
             evaluations.append(Evaluation(
-                client=str(info.get("cid", reply.metadata.src_node_id)),
-                num_examples=int(metrics.pop("num-examples", 0)),
-                loss=float(metrics.pop("loss", float("nan"))),
+                client=str(info.get(protocol.CLIENT_ID, reply.metadata.src_node_id)),
+                num_examples=int(metrics.pop(protocol.NUM_EXAMPLES, 0)),
+                loss=float(metrics.pop(protocol.LOSS, float("nan"))),
                 metrics=metrics,
             ))
-        summary = self.core.record_client_evaluation(rnd, evaluations)
-        return MetricRecord({k: v for k, v in summary.items() if _is_number(v)}) or None
+        summary = self.core.record_client_evaluation(rnd, evaluations, failures=failures)
+        return MetricRecord({k: v for k, v in summary.items() if is_finite(v)}) or None
 
     def evaluate_fn(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-        """Server-side evaluation, then the round is recorded (checkpoint, history, plot)."""
-        result = self.core.evaluate_transport_round(server_round)
+        """Server-side evaluation; the core records the round (checkpoint, history, plot)."""
+        result = self.core.evaluate(self.core.round_number(server_round))
         if result is None:
             return None
         loss, metrics = result
-        return MetricRecord({"loss": float(loss), **metrics})
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+        return MetricRecord({protocol.LOSS: float(loss), **metrics})

@@ -22,7 +22,9 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedspeech.base.paths import config_dir
+from fedspeech.core import protocol
+from fedspeech.core.settings import ClientSettings, check_client
+from fedspeech.speech.config import parse_overrides
 from fedspeech.speech.model import set_threads
 from fedspeech.transports.app_arrays import from_record, to_record
 
@@ -35,28 +37,30 @@ _ROWS: dict[tuple, dict] = {}  # prepared rows of a shared corpus TSV, per proce
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    trainer, cid = _trainer(context)
-    config = msg.content["config"]
-    trainer.check_tokenizer(str(config["tokenizer-sha256"]))
+    trainer = _trainer(context)
+    config = msg.content[protocol.CONFIG]
+    trainer.check_tokenizer(str(config[protocol.TOKENIZER_SHA256]))
     weights, samples, metrics = trainer.fit(
-        from_record(msg.content["arrays"]), rnd=int(config["round"]), epochs=int(config["epochs"])
+        from_record(msg.content[protocol.ARRAYS]), rnd=int(config[protocol.ROUND]),
+        epochs=int(config[protocol.EPOCHS]),
     )
     content = RecordDict({
-        "arrays": to_record(weights),
-        "metrics": MetricRecord({"num-examples": samples, **metrics}),
-        "info": ConfigRecord({"cid": cid, "tokenizer-sha256": trainer.tokenizer_sha256}),
+        protocol.ARRAYS: to_record(weights),
+        protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: samples, **metrics}),
+        protocol.INFO: ConfigRecord(protocol.identity(trainer.cid, trainer.tokenizer_sha256)),
     })
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    trainer, cid = _trainer(context)
-    trainer.check_tokenizer(str(msg.content["config"]["tokenizer-sha256"]))
-    loss, samples, metrics = trainer.evaluate(from_record(msg.content["arrays"]))
+    trainer = _trainer(context)
+    trainer.check_tokenizer(str(msg.content[protocol.CONFIG][protocol.TOKENIZER_SHA256]))
+    loss, samples, metrics = trainer.evaluate(from_record(msg.content[protocol.ARRAYS]))
     content = RecordDict({
-        "metrics": MetricRecord({"num-examples": samples, "loss": loss, **metrics}),
-        "info": ConfigRecord({"cid": cid}),
+        protocol.METRICS: MetricRecord({protocol.NUM_EXAMPLES: samples, protocol.LOSS: loss,
+                                        **metrics}),
+        protocol.INFO: ConfigRecord(protocol.identity(trainer.cid, trainer.tokenizer_sha256)),
     })
     return Message(content=content, reply_to=msg)
 
@@ -67,44 +71,38 @@ def _trainer(context: Context):
     from fedspeech.speech.model import datasets_for, prepare_splits
 
     rc, node = context.run_config, context.node_config
-    config_file = config_dir(str(rc["config-path"])) / str(rc["config-file"])
-    save_path = Path(str(rc["save-path"]))
-    tokenizer = str(rc["tokenizer-path"])
-    seed = int(rc["seed"])
-    threads = int(rc["num-threads"])
-    key = (str(config_file), tokenizer, seed)
+    site = "tr-path" in node  # a real site names its own files; a virtual client has a partition
+    s = ClientSettings.from_run_config(rc, node, cid=str(node.get("cid", context.node_id)))
+    overrides = parse_overrides(list(s.override), s.seed)
+    key = (str(s.config), s.tokenizer_path, tuple(sorted(overrides.items())), s.device)
     brain = _BRAINS.get(key)
     if brain is None:
         from fedspeech.speech.model import build_brain
 
-        set_threads(threads)
-        brain = build_brain(config_file, output_folder=save_path / "clients" / "model",
-                            tokenizer_source=tokenizer, overrides={"seed": seed})
+        set_threads(s.num_threads)
+        brain = build_brain(s.config, output_folder=Path(s.save_path) / "clients" / "model",
+                            tokenizer_source=s.tokenizer_path, device=s.device,
+                            overrides=overrides)
         _BRAINS[key] = brain
 
-    if "tr-path" in node:  # a real site: its own files
-        cid = str(node.get("cid", context.node_id))
-        data_path = str(node.get("data-path", rc["data-path"]))
-        tr_path = Path(str(node["tr-path"]))
-        train_tsv = tr_path / f"train_{cid}.tsv" if tr_path.is_dir() else tr_path
-        dev = node.get("dev-path", rc["dev-path"]) or None
-        brain.hparams.output_folder = str(save_path / f"client_{cid}")
-        sources: dict[str, Any] = prepare_splits(brain, data_path,
-                                                 {"train": train_tsv, "dev": dev})
+    if site:
+        check_client(s, connect=False)
+        cid = s.cid
+        brain.hparams.output_folder = str(Path(s.save_path) / f"client_{cid}")
+        sources: dict[str, Any] = prepare_splits(vars(brain.hparams), s.data_path,
+                                                 {"train": s.train_tsv, "dev": s.dev_path})
     else:  # a virtual client: a shard of the shared corpus
         pid, num = int(node["partition-id"]), int(node["num-partitions"])
         cid = str(pid)
         sources = {
-            "train": _shard(brain, str(rc["data-path"]), str(rc["tr-path"]), pid, num,
-                            by=str(rc["partition-by"]), seed=seed,
+            "train": _shard(brain, s.data_path, s.tr_path, pid, num,
+                            by=str(rc["partition-by"]), seed=int(s.seed or 0),
                             samples=int(rc["samples-per-client"])),
         }
-        dev = str(rc["dev-path"]) or None
-        if dev:
-            sources["dev"] = {k: dict(v) for k, v in _corpus(brain, str(rc["data-path"]),
-                                                             dev).items()}
-    trainer = LocalTrainer(cid, brain, datasets_for(brain, sources))
-    return trainer, cid
+        if s.dev_path:
+            sources["dev"] = {k: dict(v) for k, v in _corpus(brain, s.data_path,
+                                                             s.dev_path).items()}
+    return LocalTrainer(cid, brain, datasets_for(brain, sources))
 
 
 def _corpus(brain, data_path: str, tsv: str) -> dict:
@@ -115,7 +113,7 @@ def _corpus(brain, data_path: str, tsv: str) -> dict:
     key = (data_path, tsv)
     if key not in _ROWS:  # named by the TSV: processes preparing the same one share the file
         name = "corpus_" + hashlib.sha256(f"{data_path}|{tsv}".encode()).hexdigest()[:12]
-        csv_file = prepare_splits(brain, data_path, {name: tsv})[name]
+        csv_file = prepare_splits(vars(brain.hparams), data_path, {name: tsv})[name]
         _ROWS[key] = load_csv_rows(csv_file)
     return _ROWS[key]
 
