@@ -165,8 +165,11 @@ class ServerSettings(ModelSettings):
         if not self.robust:
             return self
         defaults = ServerSettings()
-        return self.replace(**{k: v for k, v in ROBUST_PRESET.items()
-                               if getattr(self, k) == getattr(defaults, k)})
+        preset = {k: v for k, v in ROBUST_PRESET.items()
+                  if getattr(self, k) == getattr(defaults, k)}
+        if self.weight_strategy in ("loss", "wer"):  # claimed -> measured, same metric
+            preset["weight_strategy"] = f"server_{self.weight_strategy}"
+        return self.replace(**preset)
 
     @property
     def defences(self) -> Defences:
@@ -179,7 +182,8 @@ class ServerSettings(ModelSettings):
             claim_margin=self.claim_margin)
 
 
-# --robust: measured best on the demo's attacks (docs/trust.md)
+# --robust: measured best on the demo's attacks (docs/trust.md); a claimed loss or WER weighting
+# becomes the server's measurement of the same metric
 ROBUST_PRESET: dict[str, Any] = {"clip_update_norm": AUTO, "weight_strategy": "server_loss",
                                  "max_client_share": 0.5}
 
