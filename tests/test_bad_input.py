@@ -563,6 +563,25 @@ def test_server_process_error_is_one_line(small_data: Path, tmp_path: Path) -> N
 
 
 @pytest.mark.slow
+def test_a_bad_tsv_is_reported_before_the_model_in_a_few_lines(tmp_path: Path) -> None:
+    """Errors first: the client checks its TSV before it builds a model, so the terminal shows
+    the skipped clip's warning and the error, not SpeechBrain's model statistics."""
+    data = tmp_path / "data"
+    (data / "clips").mkdir(parents=True)
+    for name in ("train_0.tsv", "dev.tsv"):
+        (data / name).write_text("client_id\tpath\tsentence\nspk\tnope.mp3\tHello\n")
+    cmd = client_cmd(data, tmp_path / "out", free_port(), 0, "--tokenizer_path",
+                     str(ROOT / "temp_dataset" / "train.tsv"))
+    result = run_cli(cmd, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) <= 3, lines
+    assert lines[-1] == (f"error: {data / 'train_0.tsv'}: no usable rows out of 1 (all 1 clips "
+                         f"missing under {data / 'clips'})")
+    assert not (tmp_path / "out" / "client_0" / "hyperparams.yaml").exists()  # no model built
+
+
+@pytest.mark.slow
 def test_debug_shows_the_traceback(small_data: Path, tmp_path: Path) -> None:
     cmd = client_cmd(small_data, tmp_path / "out", free_port(), 0, "--tr_path",
                      str(tmp_path / "nope.tsv"), "--debug")

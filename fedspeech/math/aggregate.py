@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedspeech.base.checks import is_finite
+
 WEIGHT_STRATEGIES = ("num", "loss", "wer")
 METRIC_FOR_STRATEGY = {"num": "num_examples", "loss": "train_loss", "wer": "valid_wer"}
 
@@ -146,9 +148,7 @@ def weighted_metrics(results: Sequence[tuple[int, dict[str, Scalar]]]) -> dict[s
     counts: dict[str, int] = {}
     for n, metrics in results:
         for key, value in metrics.items():
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                continue
-            if not math.isfinite(value):
+            if not is_finite(value):
                 continue
             sums[key] = sums.get(key, 0.0) + n * float(value)
             counts[key] = counts.get(key, 0) + n
