@@ -17,6 +17,8 @@ import socket
 import ssl
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +32,6 @@ from fedspeech.tools.flower_keys import write_ec_keypair
 from fedspeech.tools.flower_procs import BIN, Processes, environment, flwr, submit, wait_for_run
 from fedspeech.tools.flower_run import build_parser, run_config
 
-pytestmark = pytest.mark.xdist_group("security")
 slow = pytest.mark.slow
 
 # The outsider's own app: its ServerApp and every ClientApp that runs write a marker file (and a
@@ -117,11 +118,9 @@ class Locked:
         return environment(home)
 
 
-@pytest.fixture(scope="module")
-def locked(tmp_path_factory) -> Locked:
+@contextmanager
+def locked_deployment(tmp: Path) -> Iterator[Locked]:
     """TLS + SuperNode authentication, locked: two sites joined, the operator's run started."""
-    need_nginx()
-    tmp = tmp_path_factory.mktemp("security")
     data = make_small_data(tmp / "data", per_client=8)
     save = tmp / "deploy"
     (save / "logs").mkdir(parents=True)
@@ -151,8 +150,7 @@ def refused(result: subprocess.CompletedProcess) -> str:
     return text
 
 
-@slow
-def test_outsider_cannot_list_runs_or_read_their_logs(locked: Locked) -> None:
+def cannot_list_runs_or_read_their_logs(locked: Locked) -> None:
     outsider = locked.outsider()
     text = refused(flwr(outsider, "ls", "target", check=False))
     assert str(locked.run_id) not in text
@@ -167,8 +165,7 @@ def test_outsider_cannot_list_runs_or_read_their_logs(locked: Locked) -> None:
     assert str(locked.run_id) in flwr(home, "ls", "here").stdout
 
 
-@slow
-def test_outsider_cannot_register_a_node_nor_join_with_its_key(locked: Locked) -> None:
+def cannot_register_a_node_nor_join_with_its_key(locked: Locked) -> None:
     private, public = write_ec_keypair(locked.tmp / "intruder" / "intruder.key")
     refused(flwr(locked.outsider(), "supernode", "register", str(public), "target", check=False))
     # Its SuperNode exits once refused (the SuperExec it started lingers: stop_all ends it).
@@ -183,8 +180,7 @@ def test_outsider_cannot_register_a_node_nor_join_with_its_key(locked: Locked) -
     assert len(nodes["nodes"]) == 2, nodes  # the two sites the operator registered
 
 
-@slow
-def test_outsider_cannot_run_an_app(locked: Locked) -> None:
+def cannot_run_an_app(locked: Locked) -> None:
     app = locked.tmp / "foreign"
     app.mkdir()
     (app / "pyproject.toml").write_text(FOREIGN_PYPROJECT.replace("MARKER", str(locked.marker)))
@@ -204,8 +200,7 @@ def http(address: str, ca: Path, method: str, path: str) -> int:
         return int(tls.recv(64).split()[1])
 
 
-@slow
-def test_proxy_forwards_the_fleet_api_alone(locked: Locked) -> None:
+def proxy_forwards_the_fleet_api_alone(locked: Locked) -> None:
     site, ca = locked.dep.site_address, locked.dep.ca
     forbidden = ["/v1/control/list-runs", "/v1/control/start-run", "/v1/control/register-node",
                  "/v1/runtime/acquire-task", "/v1/fleet/../control/list-runs",
@@ -224,15 +219,13 @@ def test_proxy_forwards_the_fleet_api_alone(locked: Locked) -> None:
     assert http(locked.dep.operator_address, ca, "POST", "/v1/control/list-runs") == 200
 
 
-@slow
-def test_runtime_api_wants_the_superexec_secret(locked: Locked) -> None:
+def runtime_api_wants_the_superexec_secret(locked: Locked) -> None:
     """Even on the server host, no ServerApp task without the SuperExec's shared secret."""
     assert http(locked.dep.operator_address, locked.dep.ca, "POST",
                 "/v1/runtime/acquire-task") == 401
 
 
-@slow
-def test_operator_run_completes_and_no_foreign_code_ran(locked: Locked) -> None:
+def operator_run_completes_and_no_foreign_code_ran(locked: Locked) -> None:
     status = wait_for_run(locked.dep.env, CONNECTION, locked.run_id,
                           locked.dep.save / "logs", 400)
     assert status == "finished:completed", (locked.dep.save / "logs" / "run.log").read_text()
@@ -244,6 +237,22 @@ def test_operator_run_completes_and_no_foreign_code_ran(locked: Locked) -> None:
     described = json.loads((locked.dep.save / "deployment.json").read_text())
     assert described["site_address"] != described["operator_address"]
     assert described["locked"] and described["operator_address"].startswith("127.0.0.1:")
+
+
+@slow
+def test_outsider_is_refused_at_every_step_while_the_operator_run_completes(
+        tmp_path: Path) -> None:
+    """Every probe against one deployment, made while the operator's run is in progress. One
+    test, not one per probe: pytest-xdist may give a module's tests to different workers, and
+    each would then bring up a deployment of its own."""
+    need_nginx()
+    with locked_deployment(tmp_path) as locked:
+        cannot_list_runs_or_read_their_logs(locked)
+        cannot_register_a_node_nor_join_with_its_key(locked)
+        cannot_run_an_app(locked)
+        proxy_forwards_the_fleet_api_alone(locked)
+        runtime_api_wants_the_superexec_secret(locked)
+        operator_run_completes_and_no_foreign_code_ran(locked)
 
 
 # The legacy gRPC programs (flwr.compat) behind the proxy, with client certificates.
