@@ -36,6 +36,7 @@ from fedspeech.tools.launch import wait_for_port
 
 TEMPLATES = Path(__file__).resolve().parent / "nginx"
 INSTALL_HINT = "install it with: apt-get install -y nginx"
+NGINX_SYNTAX = set(";{}\"'$#")  # in a value, these would end or change a directive
 
 
 def nginx_binary() -> str:
@@ -54,9 +55,9 @@ def render(role: str, values: dict[str, str], config: Path, run_dir: Path) -> st
     text = text.replace("@SERVER@", server.rstrip("\n"))
     for name, value in {**values, "ROLE": role, "CONFIG": str(config),
                         "RUN_DIR": str(run_dir)}.items():
-        if any(c in value for c in ";{}\"'\n") or not value:
+        if not value or any(c in NGINX_SYNTAX or c.isspace() for c in value):
             raise UsageError(f"{name.lower()} {value!r}: empty, or holds characters nginx "
-                             "would read as syntax")
+                             "would read as syntax (spaces, quotes, ;{}$#)")
         text = text.replace(f"@{name}@", value)
     left = sorted({part.split("@")[0] for part in text.split("@")[1::2] if part.isupper()})
     if left:
