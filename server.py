@@ -29,6 +29,7 @@ from fedspeech.tools.flags import (
     add_data_flags,
     add_grpc_flags,
     add_model_flags,
+    add_privacy_flags,
     add_trust_flags,
 )
 
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--certificates", nargs=3, metavar=("CA", "CERT", "KEY"), default=None,
                    help="enable TLS: CA certificate, server certificate and private key files")
     add_trust_flags(p)
+    add_privacy_flags(p)
     add_grpc_flags(p)
     add_model_flags(p)
     return p

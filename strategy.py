@@ -66,8 +66,10 @@ class TrainAfterAggregateStrategy(FedAvg):
             client_manager.wait_for(self.min_start_clients)
         client_manager.wait_for(self.min_available_clients)
         # the round's clock starts once its clients are there, not while they start up
-        self.core.begin(rnd, sent_bytes=sum(len(t) for t in parameters.tensors))
         instructions = super().configure_fit(rnd, parameters, client_manager)
+        if not self.core.allows(rnd, len(instructions)):  # the privacy budget is spent
+            return []
+        self.core.begin(rnd, sent_bytes=sum(len(t) for t in parameters.tensors))
         self._asked = {proxy.cid for proxy, _ in instructions}
         self._learn_names(proxy for proxy, _ in instructions)
         logger.info("round %d: training %d of %d connected clients", rnd, len(instructions),
@@ -111,7 +113,8 @@ class TrainAfterAggregateStrategy(FedAvg):
             for proxy, res in results
         ]
         failed = [self._names.get(node, node) for node in self._asked - answered]
-        aggregated = self.core.aggregate(rnd, updates, failed=failed, failures=len(failures))
+        aggregated = self.core.aggregate(rnd, updates, failed=failed, failures=len(failures),
+                                         sampled=len(self._asked))
         if aggregated is None:
             return None, {}
         # the kept updates' metrics: a refused client's loss or sample count must not count
@@ -123,6 +126,8 @@ class TrainAfterAggregateStrategy(FedAvg):
 
     def configure_evaluate(self, server_round, parameters, client_manager):
         rnd = self.core.round_number(server_round)
+        if self.core.stopped:
+            return []
         instructions = super().configure_evaluate(rnd, parameters, client_manager)
         if not instructions:  # Flower skips the phase: the round is complete without it
             self.core.record_client_evaluation(rnd, [])

@@ -11,7 +11,7 @@ VENV=${VENV:-.venv}
 root=$(pwd)
 
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c \
-    "import torch, torchaudio, speechbrain, flwr, ray, ruamel.yaml, sentencepiece, soundfile, matplotlib, pytest, xdist" \
+    "import torch, torchaudio, speechbrain, flwr, ray, dp_accounting, ruamel.yaml, sentencepiece, soundfile, matplotlib, pytest, xdist" \
     2>/dev/null; then
   # the project itself, imported from elsewhere (as scripts/ and Flower's processes import it)
   if ! (cd / && "$root/$VENV/bin/python" -c "import fedspeech.core.round, brain, server" 2>/dev/null); then

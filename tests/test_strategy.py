@@ -81,9 +81,9 @@ class SpyCore(RoundCore):
         self.calls: list[tuple[int, list, list[str], int]] = []
         self.evaluations: list[tuple[int, list]] = []
 
-    def aggregate(self, rnd, updates, failed=(), failures=0):
+    def aggregate(self, rnd, updates, failed=(), failures=0, sampled=None):
         self.calls.append((rnd, list(updates), list(failed), failures))
-        return super().aggregate(rnd, updates, failed=failed, failures=failures)
+        return super().aggregate(rnd, updates, failed=failed, failures=failures, sampled=sampled)
 
     def record_client_evaluation(self, rnd, evaluations, failures=0):
         self.evaluations.append((rnd, list(evaluations)))

@@ -19,8 +19,12 @@ The default is none of them: the tutorial's FedAvg.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from fedspeech.math.robust import AGGREGATIONS
+from fedspeech.base.checks import check_at_least, check_file
+from fedspeech.base.errors import UsageError
+from fedspeech.math.robust import AGGREGATIONS, check_aggregation
 
 SERVER_WEIGHTINGS = ("server_wer", "server_loss")  # measured by the server, not claimed
 AUTO = "auto"
@@ -48,3 +52,38 @@ class Defences:
     @property
     def any(self) -> bool:
         return self != Defences(claim_margin=self.claim_margin)
+
+
+def check_trust(s: Any) -> None:
+    """The defences' settings (a :class:`~fedspeech.core.settings.ServerSettings`), and the
+    combinations that cannot work, in one line each."""
+    if s.weight_strategy in SERVER_WEIGHTINGS and not s.score_path:
+        raise UsageError(f"--weight_strategy {s.weight_strategy} needs --score_path (the "
+                         "server's own scoring set)" + (" (--robust uses it)" if s.robust else ""))
+    check_file(s.score_path, "--score_path")
+    if s.score_path and Path(s.score_path).resolve() == Path(s.test_path).resolve():
+        raise UsageError("--score_path must not be the test set (--test_path)")
+    if s.score_utts is not None:
+        check_at_least(s.score_utts, 1, "--score_utts")
+    if s.max_client_share is not None and not 0 < s.max_client_share <= 1:
+        raise UsageError(f"--max_client_share must be within (0, 1], got {s.max_client_share}")
+    if s.max_client_share is not None and s.max_client_share * s.min_fit_clients < 1:
+        raise UsageError(f"--max_client_share {s.max_client_share} cannot hold "
+                         f"--min_fit_clients {s.min_fit_clients} (needs at least "
+                         f"1/{s.min_fit_clients})")
+    if s.max_examples is not None:
+        check_at_least(s.max_examples, 1, "--max_examples")
+    clip = s.clip_update_norm
+    if clip is not None and clip != AUTO:
+        try:
+            value = float(clip)
+        except ValueError:
+            raise UsageError(f"--clip_update_norm '{clip}': expected a number or auto") from None
+        if not value > 0:
+            raise UsageError(f"--clip_update_norm must be positive, got {clip}")
+    check_at_least(s.num_malicious, 0, "--num_malicious")
+    try:
+        check_aggregation(s.aggregation, s.min_fit_clients, s.num_malicious, s.trim_fraction)
+    except ValueError as err:
+        raise UsageError(f"--aggregation {err} (--min_fit_clients)" if "clients" in str(err)
+                         else f"--aggregation: {err}") from None

@@ -35,6 +35,7 @@ from fedspeech.base.checks import is_finite
 from fedspeech.core import protocol
 from fedspeech.core.combine import Combiner, ScoreFn
 from fedspeech.core.defences import SERVER_WEIGHTINGS, Defences
+from fedspeech.core.private import Privacy, PrivateRound
 from fedspeech.core.row import RoundRow
 from fedspeech.math.aggregate import (
     WEIGHT_STRATEGIES,
@@ -102,6 +103,7 @@ class RoundCore:
         client_evaluation: bool = False,
         defences: Defences | None = None,
         score: ScoreFn | None = None,
+        privacy: Privacy | None = None,
     ):
         if weight_strategy not in WEIGHT_STRATEGIES + SERVER_WEIGHTINGS:
             raise ValueError(f"unknown weight strategy '{weight_strategy}'")
@@ -123,6 +125,8 @@ class RoundCore:
             (r.client_eval_wer for r in self.history if is_finite(r.client_eval_wer)),
             default=math.inf,
         )
+        self.private = PrivateRound(privacy, self.history) if privacy else None
+        self.stopped = False  # the privacy budget ended the run before its last round
         self._started: dict[int, float] = {}
         self._pending: dict[int, set[str]] = {}  # what round r still waits for before recording
         self._initial_eval_seconds: float | None = None  # goes into the first row made
@@ -154,9 +158,17 @@ class RoundCore:
         if sent_bytes:
             row.bytes_sent_per_client = sent_bytes
 
+    def allows(self, rnd: int, sampled: int) -> bool:
+        """Whether round ``rnd`` may train ``sampled`` clients: False once it would take the
+        privacy budget past ``--dp_max_epsilon`` (the run then stops, its rounds recorded)."""
+        if not self.stopped and self.private is not None:
+            self.stopped = not self.private.allows(rnd, sampled)
+        return not self.stopped
+
     # ---- training ----------------------------------------------------------------------------
     def aggregate(
-        self, rnd: int, updates: Sequence[Update], failed: Sequence[str] = (), failures: int = 0
+        self, rnd: int, updates: Sequence[Update], failed: Sequence[str] = (), failures: int = 0,
+        sampled: int | None = None,
     ) -> NDArrays | None:
         """Screen, weight and average ``updates``, then train on the server; None keeps the model.
 
@@ -164,6 +176,8 @@ class RoundCore:
         whatever order the answers arrived in.
         """
         self.fit_metrics = {}
+        if self.stopped:
+            return None
         row = self._row(rnd)
         started = time.monotonic()
         if rnd in self._started:  # clients' training, serialisation and transfer
@@ -191,8 +205,13 @@ class RoundCore:
                 candidates.append((name, update))
             else:
                 rejected[name] = problem
-        kept, aggregated = self.combiner.combine(rnd, row, self.weights, candidates, self._decode,
-                                                 rejected)
+        if self.private is not None:  # equal weights over the sampled clients, clipped, noisy
+            kept, aggregated = self.private.combine(
+                rnd, row, self.weights, candidates, self._decode, rejected,
+                sampled=sampled if sampled is not None else len(updates) + len(failed))
+        else:
+            kept, aggregated = self.combiner.combine(rnd, row, self.weights, candidates,
+                                                     self._decode, rejected)
         for name, problem in rejected.items():
             logger.warning("round %d: rejected client %s: %s", rnd, name, problem)
         row.rejected = rejected
@@ -253,7 +272,7 @@ class RoundCore:
         run, skipped when resuming (it was evaluated when its round ended). It has no row.
         """
         initial = rnd == self.start_round
-        if initial and self.start_round > 0:
+        if (initial and self.start_round > 0) or self.stopped:
             return None
         result = None
         if self.evaluate_fn is not None:
@@ -283,6 +302,8 @@ class RoundCore:
         """
         if failures and not self.accept_failures:
             evaluations = ()
+        if self.stopped:
+            return {}
         if not evaluations:
             if any(row.round == rnd for row in self.history):
                 self._done(rnd, "client_evaluation")

@@ -47,6 +47,15 @@ class RoundRow:
     clipped: list[str] | None = None
     claims: dict[str, dict[str, Any]] | None = None  # client -> claimed and measured WER, loss
     score_seconds: float | None = None
+    # differential privacy (fedspeech/core/private.py): spent so far, and this round's mechanism
+    dp_epsilon: float | None = None
+    dp_delta: float | None = None
+    dp_sampling: str | None = None  # the accountant's sampling assumption, "... of N"
+    dp_sampled: int | None = None  # m: the clients the round sampled (the noise's divisor)
+    dp_noise_multiplier: float | None = None  # effective sigma of the averaged change
+    dp_noise_std: float | None = None  # sigma * C / m
+    dp_unclipped_fraction: float | None = None  # adaptive clipping's noisy count / m
+    dp_next_clip_norm: float | None = None
     train_loss: float | None = None
     valid_wer: float | None = None
     server_train_delta: float | None = None

@@ -30,9 +30,9 @@ from fedspeech.base.checks import (
 )
 from fedspeech.base.errors import UsageError
 from fedspeech.base.paths import config_dir
-from fedspeech.core.defences import AUTO, SERVER_WEIGHTINGS, Defences
+from fedspeech.core.defences import AUTO, SERVER_WEIGHTINGS, Defences, check_trust
+from fedspeech.core.private import ADAPTIVE, Privacy, check_privacy
 from fedspeech.math.aggregate import WEIGHT_STRATEGIES
-from fedspeech.math.robust import check_aggregation
 
 GRPC_MAX_MESSAGE_LENGTH = 2_147_483_647  # gRPC's ceiling, Flower's default
 
@@ -144,6 +144,13 @@ class ServerSettings(ModelSettings):
     aggregation: str = "mean"
     trim_fraction: float = 0.2
     num_malicious: int = 0
+    # differential privacy (fedspeech/core/private.py)
+    dp_noise_multiplier: float | None = None  # sigma; None: no DP
+    dp_clip_norm: str | None = None  # C, or "adaptive"
+    dp_initial_clip_norm: float = 1.0  # where adaptive clipping starts
+    dp_delta: float | None = None  # None: 1/N
+    dp_max_epsilon: float | None = None
+    dp_population: int | None = None  # N; None: --min_available_clients
     server_address: str = "127.0.0.1:8080"
     certificates: tuple[str, ...] | None = None  # CA, certificate, private key
     grpc_max_message_length: int = GRPC_MAX_MESSAGE_LENGTH
@@ -180,6 +187,21 @@ class ServerSettings(ModelSettings):
             clip_update_norm=None if clip is None else clip if clip == AUTO else float(clip),
             max_client_share=self.max_client_share, max_examples=self.max_examples,
             claim_margin=self.claim_margin)
+
+
+    @property
+    def privacy(self) -> Privacy | None:
+        if self.dp_noise_multiplier is None:
+            return None
+        clip = self.dp_clip_norm or ""
+        return Privacy(
+            noise_multiplier=self.dp_noise_multiplier,
+            clip_norm=clip if clip == ADAPTIVE else float(clip),
+            population=self.dp_population or self.min_available_clients,
+            delta=self.dp_delta, max_epsilon=self.dp_max_epsilon,
+            initial_clip_norm=self.dp_initial_clip_norm,
+            sampled_all=self.fraction_fit >= 1.0 and not self.clients_per_round,
+            seed=self.seed if self.seed is not None else 0)
 
 
 # --robust: measured best on the demo's attacks (docs/trust.md); a claimed loss or WER weighting
@@ -252,42 +274,9 @@ def check_server(s: ServerSettings, *, listen: bool = False) -> None:
     for _, tsv in s.extra_tests.items():
         check_file(tsv, "--extra_test")
     check_trust(s)
+    check_privacy(s)
     if listen:
         check_port_free(s.server_address)
-
-
-def check_trust(s: ServerSettings) -> None:
-    """The defences' settings, and the combinations that cannot work, in one line each."""
-    if s.weight_strategy in SERVER_WEIGHTINGS and not s.score_path:
-        raise UsageError(f"--weight_strategy {s.weight_strategy} needs --score_path (the "
-                         "server's own scoring set)" + (" (--robust uses it)" if s.robust else ""))
-    check_file(s.score_path, "--score_path")
-    if s.score_path and Path(s.score_path).resolve() == Path(s.test_path).resolve():
-        raise UsageError("--score_path must not be the test set (--test_path)")
-    if s.score_utts is not None:
-        check_at_least(s.score_utts, 1, "--score_utts")
-    if s.max_client_share is not None and not 0 < s.max_client_share <= 1:
-        raise UsageError(f"--max_client_share must be within (0, 1], got {s.max_client_share}")
-    if s.max_client_share is not None and s.max_client_share * s.min_fit_clients < 1:
-        raise UsageError(f"--max_client_share {s.max_client_share} cannot hold "
-                         f"--min_fit_clients {s.min_fit_clients} (needs at least "
-                         f"1/{s.min_fit_clients})")
-    if s.max_examples is not None:
-        check_at_least(s.max_examples, 1, "--max_examples")
-    clip = s.clip_update_norm
-    if clip is not None and clip != AUTO:
-        try:
-            value = float(clip)
-        except ValueError:
-            raise UsageError(f"--clip_update_norm '{clip}': expected a number or auto") from None
-        if not value > 0:
-            raise UsageError(f"--clip_update_norm must be positive, got {clip}")
-    check_at_least(s.num_malicious, 0, "--num_malicious")
-    try:
-        check_aggregation(s.aggregation, s.min_fit_clients, s.num_malicious, s.trim_fraction)
-    except ValueError as err:
-        raise UsageError(f"--aggregation {err} (--min_fit_clients)" if "clients" in str(err)
-                         else f"--aggregation: {err}") from None
 
 
 def check_client(s: ClientSettings, *, connect: bool = True) -> None:

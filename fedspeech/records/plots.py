@@ -57,6 +57,13 @@ def plot_histories(
         fig.set_size_inches(15, 4.2 + 0.25 * rows)
         fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
         fig.tight_layout(rect=(0, 0.25 * rows / (4.2 + 0.25 * rows) + 0.02, 1, 1))
+    return save_figure(fig, out_path)
+
+
+def save_figure(fig, out_path: str | Path) -> Path:
+    """Write a matplotlib figure as a PNG, atomically, and close it (every plot here)."""
+    import matplotlib.pyplot as plt
+
     out_path = Path(out_path)
     try:
         with atomic_write(out_path) as f:

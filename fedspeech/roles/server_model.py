@@ -166,5 +166,6 @@ def build_federation(settings: ServerSettings, run_info: dict[str, Any] | None =
         client_evaluation=s.fraction_evaluate > 0,
         defences=s.defences,
         score=model.score if s.score_path else None,
+        privacy=s.privacy,
     )
     return Federation(core, model, store, local_epochs, sha)

@@ -28,6 +28,7 @@ from fedspeech.base.errors import UsageError
 from fedspeech.base.paths import ROOT
 from fedspeech.base.tsv import write_tsv
 from fedspeech.records.history import load_history, write_json_atomic
+from fedspeech.records.plots import save_figure
 from fedspeech.tools.attacks import ATTACKS
 from fedspeech.tools.launch import client_command, free_port, run_federation, server_command
 
@@ -151,9 +152,7 @@ def plot(results: list[dict], path: Path) -> Path:
     ax.legend(fontsize=8)
     ax.grid(True, axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -77,3 +77,23 @@ def add_trust_flags(p: argparse.ArgumentParser) -> None:
                    help="trimmed_mean: share of the values cut at each end of every coordinate")
     g.add_argument("--num_malicious", type=int, default=0,
                    help="krum, multikrum, bulyan: the number of attackers to resist")
+
+
+def add_privacy_flags(p: argparse.ArgumentParser) -> None:
+    """User-level differential privacy of the global model (docs/privacy.md)."""
+    g = p.add_argument_group("privacy: user-level DP-FedAvg, accounted with Flower's accountant")
+    g.add_argument("--dp_noise_multiplier", type=float, default=None,
+                   help="sigma: Gaussian noise of std sigma*C/m on the averaged change (m: the "
+                        "clients a round samples); turns DP on")
+    g.add_argument("--dp_clip_norm", type=str, default=None, metavar="C|adaptive",
+                   help="each client's change clipped to L2 norm C, or adapted towards the "
+                        "median change norm from --dp_initial_clip_norm")
+    g.add_argument("--dp_initial_clip_norm", type=float, default=1.0,
+                   help="where adaptive clipping starts")
+    g.add_argument("--dp_delta", type=float, default=None,
+                   help="the delta epsilon is reported at (default: 1/N)")
+    g.add_argument("--dp_max_epsilon", type=float, default=None,
+                   help="a round that would take epsilon past this is not started; the run ends")
+    g.add_argument("--dp_population", type=int, default=None,
+                   help="N, the clients a round's cohort is drawn from (default: "
+                        "--min_available_clients)")

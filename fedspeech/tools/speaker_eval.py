@@ -34,6 +34,7 @@ from fedspeech.base.cli import ArgumentParser, run_cli
 from fedspeech.base.errors import UsageError
 from fedspeech.base.paths import ROOT
 from fedspeech.records.history import load_history, write_json_atomic
+from fedspeech.records.plots import save_figure
 from fedspeech.roles.centralised import train_centralised
 from fedspeech.speech.config import parse_overrides
 from fedspeech.speech.folds import Fold, make_folds, write_fold
@@ -194,9 +195,7 @@ def plot(results: list[dict], path: Path) -> Path:
         ax.grid(True, axis="y", alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,6 +41,8 @@ class CoreFedAvg(FedAvg):
         # FedAvg writes protocol.ROUND (Flower's server-round) from the round it is given
         config.update(protocol.train_config(rnd, self.local_epochs, self.core.tokenizer_sha256))
         messages = list(super().configure_train(rnd, arrays, config, grid))  # waits for nodes
+        if not self.core.allows(rnd, len(messages)):  # the privacy budget is spent
+            return []
         # the round's clock starts once its nodes are there, not while they start up
         self.core.begin(rnd, sent_bytes=record_bytes(arrays))
         self._asked = {m.metadata.dst_node_id for m in messages}
@@ -71,7 +73,8 @@ class CoreFedAvg(FedAvg):
             ))
         failed = [str(node) for node in self._asked - answered]
         failures += len(failed)
-        aggregated = self.core.aggregate(rnd, updates, failed=failed, failures=failures)
+        aggregated = self.core.aggregate(rnd, updates, failed=failed, failures=failures,
+                                         sampled=len(self._asked))
         if aggregated is None:
             return None, None
         # the kept updates' metrics: a refused client's loss or sample count must not count
@@ -82,6 +85,8 @@ class CoreFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         rnd = self.core.round_number(server_round)
+        if self.core.stopped:
+            return []
         config.update(protocol.evaluate_config(rnd, self.core.tokenizer_sha256))
         messages = list(super().configure_evaluate(rnd, arrays, config, grid))
         if not messages:  # no federated evaluation this round: it is complete without one
