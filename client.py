@@ -3,7 +3,8 @@
 The speech never leaves the machine. Each round :class:`SpeechBrainClient` hands the server's
 weights to :class:`fedspeech.roles.local_training.LocalTrainer` (which trains the local epochs,
 loading a pre-trained model at round 1 if asked) and returns the new weights with the sample count
-and raw metrics; the server decides how to weight them. The flags become one
+and raw metrics; the server decides how to weight them. To show a client certificate, connect
+through ``scripts/proxy.py grpc-client`` on 127.0.0.1 (docs/security.md). The flags become one
 :class:`~fedspeech.core.settings.ClientSettings`, checked (with this site's TSVs) before the model
 is built.
 """

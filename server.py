@@ -6,7 +6,9 @@ slow). The server builds its own SpeechBrain model once
 (:func:`fedspeech.roles.server_model.build_federation`) and runs Flower's legacy gRPC server with
 :class:`strategy.TrainAfterAggregateStrategy`, whose rounds are
 :class:`~fedspeech.core.round.RoundCore`'s. ``--resume`` continues a run from its last completed
-round. Any client that reaches the port can join: see docs/security.md.
+round. Any client that reaches ``--server_address`` can join (TLS proves the server, not the
+client): across machines keep it on 127.0.0.1 behind ``scripts/proxy.py grpc-server`` (client
+certificates); see docs/security.md.
 """
 
 from __future__ import annotations

@@ -140,7 +140,8 @@ def run_cli(cmd: list[str], timeout: float = 300, **kwargs) -> subprocess.Comple
 
 # The tests that take longest (each a minute or more of real federations) start first, so the two
 # pytest-xdist workers of scripts/run_tests.sh end together instead of one waiting for the other.
-LONGEST_FIRST = ("test_flower_engines.py", "test_faults.py", "test_learning.py")
+LONGEST_FIRST = ("test_security.py", "test_flower_engines.py", "test_privacy.py",
+                 "test_faults.py", "test_learning.py", "test_trust.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

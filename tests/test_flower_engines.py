@@ -1,6 +1,7 @@
-"""The Flower App on Flower's own engines, with real processes: the Simulation Engine (Ray) and
-the Deployment Engine (flower-superlink + flower-supernode over TLS with SuperNode
-authentication, plus an unregistered SuperNode that must be refused)."""
+"""The Flower App on the Simulation Engine (Ray), with real processes. The Deployment Engine's
+run (flower-superlink + flower-supernode over TLS with SuperNode authentication, behind the
+proxy, with an unregistered SuperNode refused) is tests/test_security.py's, whose operator run
+checks the same outputs (``check_outputs``)."""
 
 from __future__ import annotations
 
@@ -65,20 +66,3 @@ def test_simulation_engine(small_data: Path, tmp_path: Path) -> None:
     assert all(set(row["coefficients"]) <= {str(k) for k in range(6)} for row in history)
     summary = json.loads((save / "flower_run.json").read_text())
     assert summary["status"] == "finished:completed" and summary["peak_rss_mb"] > 0
-
-
-def test_deployment_engine_tls_and_supernode_auth(small_data: Path, tmp_path: Path) -> None:
-    """Two registered SuperNodes train over TLS; a third, unregistered one is refused.
-
-    One round: each message costs a fresh ClientApp process (about 10 s here), and what a second
-    round adds (the model carried over, the Brain rebuilt) the simulation test checks.
-    """
-    save = tmp_path / "deploy"
-    result = flower_run("deploy", small_data, save, "--num_supernodes", "2", "--tls", "--auth",
-                        "--tr_path", str(small_data), rounds=1)
-    history = check_outputs(save, result, clients=2, rounds=1)
-    assert set(history[0]["coefficients"]) == {"0", "1"}  # each site by its node-config cid
-    assert "unregistered SuperNode refused" in result.stdout
-    refused = (save / "logs" / "supernode_2.log").read_text()
-    assert "Failed to activate SuperNode" in refused
-    assert (save / "certificates" / "ca.crt").is_file()

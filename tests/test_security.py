@@ -230,6 +230,8 @@ def operator_run_completes_and_no_foreign_code_ran(locked: Locked) -> None:
     assert status == "finished:completed", (locked.dep.save / "logs" / "run.log").read_text()
     history = json.loads((locked.dep.save / "history.json").read_text())
     assert set(history[0]["coefficients"]) == {"0", "1"}  # the two sites, and no one else
+    for name in ("global_model.ckpt", "final_model.ckpt", "history.png"):
+        assert (locked.dep.save / name).is_file(), name  # the run's outputs, as on every road
     assert not list(locked.tmp.glob("foreign-ran*"))
     runs = json.loads(flwr(locked.dep.env, "ls", CONNECTION, "--format", "json").stdout)["runs"]
     assert [int(r["run-id"]) for r in runs] == [locked.run_id]
