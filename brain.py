@@ -31,6 +31,7 @@ class ASR(sb.Brain):
     tokenizer: Tokenizer
     lr_override: float | None = None  # learning rate for the next fit (server-side training)
     samples_seen: int = 0
+    nonfinite_batches: int = 0  # evaluation batches whose loss was NaN or infinite
     final_test: bool = False  # decode with the config's wide test_search (set by test(final=True))
 
     @property
@@ -172,10 +173,16 @@ class ASR(sb.Brain):
     def evaluate_batch(self, batch, stage):
         if stage == sb.Stage.TEST:  # validation inside fit() must not count as training samples
             self.samples_seen += len(batch.id)
-        return super().evaluate_batch(batch, stage)
+        loss = super().evaluate_batch(batch, stage)
+        if not math.isfinite(float(loss)):
+            # SpeechBrain's running average skips a non-finite loss: a model that gives NaN on
+            # every batch would otherwise report an average loss of 0, the best there is
+            self.nonfinite_batches += 1
+        return loss
 
     def _reset_counts(self) -> None:
         self.samples_seen = 0
+        self.nonfinite_batches = 0
         self.stage_stats: dict[sb.Stage, dict[str, float]] = {}
         self.stage_seconds: dict[sb.Stage, float] = {}  # wall time per stage, for the benchmark
 
@@ -251,4 +258,6 @@ class ASR(sb.Brain):
         finally:
             self.final_test = False
         cer = self.stage_stats[sb.Stage.TEST]["CER"]
+        if self.nonfinite_batches:  # the average would hide them: the loss is not finite
+            loss = math.inf
         return {"samples": samples, "loss": loss, "wer": wer, "cer": cer}

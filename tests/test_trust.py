@@ -76,6 +76,17 @@ def test_server_measured_loss_weights_and_names_a_lying_claim(caplog):
                      "100.0 % on its scoring set"]
 
 
+def test_an_update_whose_measured_loss_is_not_finite_is_refused():
+    # SpeechBrain skips a NaN batch loss in its average: a model that is NaN everywhere would
+    # read as loss 0, the best of all (the Brain reports it as inf instead)
+    measured = {3.0: (1.0, 40.0), 6.0: (1.2, 42.0), 60.0: (math.inf, 100.0)}
+    c = core(weight_strategy="server_loss", score=lambda arrays: measured[float(arrays[0][0])])
+    c.aggregate(1, [upd("a", 3, 4), upd("b", 6, 8), upd("c", 60, 80)])
+    row = c.history[-1]
+    assert row.rejected == {"c": "its model's loss on the server's scoring set is not finite"}
+    assert set(row.coefficients) == {"a", "b"} and row.claims["c"]["measured_loss"] is None
+
+
 def test_server_weighting_without_a_scoring_set_is_refused():
     with pytest.raises(ValueError, match="needs a scoring set"):
         core(weight_strategy="server_wer")

@@ -81,7 +81,15 @@ class Combiner:
         if not decoded:
             return [], None
         decoded = self._clip_all(row, reference, decoded)
-        measured = self._measure(rnd, row, decoded) if self.score is not None else {}
+        measured = {}
+        if self.score is not None:
+            measured = self._measure(rnd, row, decoded)
+            for name, (loss, wer) in measured.items():
+                if not (is_finite(loss) and is_finite(wer)):  # e.g. NaN on every utterance
+                    rejected[name] = "its model's loss on the server's scoring set is not finite"
+            decoded = [d for d in decoded if d[0] not in rejected]
+            if not decoded:
+                return [], None
         values = [self._value(name, update, row, measured) for name, update, _ in decoded]
         names = [name for name, _, _ in decoded]
         coefficients = self._cap(row, names, aggregation_coefficients(values, self.base))
@@ -181,7 +189,8 @@ class Combiner:
             measured[name] = (float(loss), float(wer))
             claimed = update.metrics.get(protocol.VALID_WER)
             claims[name] = {"claimed_wer": claimed if is_finite(claimed) else None,
-                            "measured_wer": float(wer), "measured_loss": float(loss),
+                            "measured_wer": float(wer),
+                            "measured_loss": float(loss) if is_finite(loss) else None,
                             "num_examples": update.num_examples}
             if is_finite(claimed) and abs(claimed - wer) > self.defences.claim_margin:
                 logger.warning("round %d: client %s claims a validation WER of %.1f %%; the "
