@@ -49,10 +49,6 @@ class Defences:
         """Whether updates can be added one at a time (else the round holds all of them)."""
         return self.aggregation == "mean" and self.clip_update_norm != AUTO
 
-    @property
-    def any(self) -> bool:
-        return self != Defences(claim_margin=self.claim_margin)
-
 
 def check_trust(s: Any) -> None:
     """The defences' settings (a :class:`~fedspeech.core.settings.ServerSettings`), and the
