@@ -3,11 +3,11 @@
 
 Every run is the demo (3 clients of ``temp_dataset``, ``small_cpu.yaml``, server-side training)
 with real processes: ``server.py``, two honest ``client.py`` and one
-``python -m fedspeech.tools.attacks --attack NAME`` in client 2's place. The server always
-measures the updates on ``temp_dataset/dev.tsv`` (``--score_path``; not the test set), so every
-run's history shows each client's claimed and measured WER. Writes ``<save_path>/attacks.md``,
-``attacks.json`` and ``attacks.png`` (final test WER per attack and defence); ``--update_docs``
-puts them into docs/trust.md.
+``python -m fedspeech.tools.attacks --attack NAME`` in client 2's place. Every defended run
+measures the updates on ``temp_dataset/dev.tsv`` (``--score_path``; not the test set), so its
+history shows each client's claimed and measured WER; the undefended baseline does not measure.
+Writes ``<save_path>/attacks.md``, ``attacks.json`` and ``attacks.png`` (final test WER per attack
+and defence); ``--update_docs`` puts them into docs/trust.md.
 
     python scripts/attack_eval.py --seeds 1234,1235,1236 --defences none,robust --update_docs
 """
@@ -55,8 +55,11 @@ def run_one(attack: str, defence: str, seed: int, out: Path, rounds: int, epochs
     port = free_port()
     address = f"127.0.0.1:{port}"
     shared = ["--tokenizer_path", f"{DATA}/train.tsv", "--num_threads", "1", "--seed", str(seed)]
+    # every defended run measures the updates (the claims' gaps in its history); the undefended
+    # baseline does not: refusing an update whose model is NaN on the scoring set is a defence
+    measure = ["--score_path", SCORE] if defence != "none" else []
     options = ["--local_epochs", str(epochs), "--tr_add_path", f"{DATA}/train_add.tsv",
-               "--extra_test", f"unseen={DATA}/test_unseen.tsv", "--score_path", SCORE,
+               "--extra_test", f"unseen={DATA}/test_unseen.tsv", *measure,
                "--fraction_evaluate", "0", "--weight_strategy",
                TARGET_WEIGHTING.get(attack, "num"), *shared, *DEFENCES[defence]]
     server = server_command(address, save, data_path=DATA, test_path=f"{DATA}/test.tsv",
