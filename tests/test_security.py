@@ -134,7 +134,10 @@ def locked_deployment(tmp: Path) -> Iterator[Locked]:
             "deploy", "--rounds", "1", "--num_supernodes", "2", "--save_path", str(save),
             "--data_path", str(data), "--dev_path", str(data / "dev.tsv"),
             "--test_path", str(data / "test.tsv"), "--tr_add_path", "",
-            "--tokenizer_path", str(data / "train.tsv"), "--run_config", "fraction-evaluate=0"])
+            "--tokenizer_path", str(data / "train.tsv"), "--run_config", "fraction-evaluate=0",
+            # the locked deployment runs the operator's rounds through SecAgg+ (issue 20): the
+            # App's secure path on the Deployment Engine, behind TLS, authentication and the proxy
+            "--run_config", "secure-aggregation=true"])
         run_id = submit(dep.env, CONNECTION, [], run_config(args, str(data)))
         yield Locked(dep, procs, run_id, tmp, tmp / "foreign-ran")
     finally:
@@ -230,6 +233,7 @@ def operator_run_completes_and_no_foreign_code_ran(locked: Locked) -> None:
     assert status == "finished:completed", (locked.dep.save / "logs" / "run.log").read_text()
     history = json.loads((locked.dep.save / "history.json").read_text())
     assert set(history[0]["coefficients"]) == {"0", "1"}  # the two sites, and no one else
+    assert history[0]["secure_aggregation"] == "secagg+" and history[0]["accepted"]
     for name in ("global_model.ckpt", "final_model.ckpt", "history.png"):
         assert (locked.dep.save / name).is_file(), name  # the run's outputs, as on every road
     assert not list(locked.tmp.glob("foreign-ran*"))

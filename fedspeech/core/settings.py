@@ -32,6 +32,7 @@ from fedspeech.base.errors import UsageError
 from fedspeech.base.paths import config_dir
 from fedspeech.core.defences import AUTO, SERVER_WEIGHTINGS, Defences, check_trust
 from fedspeech.core.private import ADAPTIVE, Privacy, check_privacy
+from fedspeech.core.secure import check_secure
 from fedspeech.math.aggregate import WEIGHT_STRATEGIES
 
 GRPC_MAX_MESSAGE_LENGTH = 2_147_483_647  # gRPC's ceiling, Flower's default
@@ -151,6 +152,12 @@ class ServerSettings(ModelSettings):
     dp_delta: float | None = None  # None: 1/N
     dp_max_epsilon: float | None = None
     dp_population: int | None = None  # N; None: --min_available_clients
+    # secure aggregation, Flower App only (fedspeech/core/secure.py)
+    secure_aggregation: bool = False
+    secagg_clipping_range: float = 8.0  # SecAgg+ clips each change coordinate to [-R, R]
+    secagg_num_shares: float = 1.0  # > 1: a count; <= 1: a fraction of the round's clients
+    secagg_reconstruction_threshold: float = 0.67  # > 1: a count; <= 1: a fraction of shares
+    secagg_max_weight: float = 1000.0  # a change is scaled by n / this before quantisation
     server_address: str = "127.0.0.1:8080"
     certificates: tuple[str, ...] | None = None  # CA, certificate, private key
     grpc_max_message_length: int = GRPC_MAX_MESSAGE_LENGTH
@@ -275,6 +282,7 @@ def check_server(s: ServerSettings, *, listen: bool = False) -> None:
         check_file(tsv, "--extra_test")
     check_trust(s)
     check_privacy(s)
+    check_secure(s)
     if listen:
         check_port_free(s.server_address)
 

@@ -147,6 +147,7 @@ def build_federation(settings: ServerSettings, run_info: dict[str, Any] | None =
         "weight_strategy": s.weight_strategy,
         "local_epochs": local_epochs,
         **({"aggregation": s.aggregation} if s.aggregation != "mean" else {}),
+        **({"secure_aggregation": "secagg+"} if s.secure_aggregation else {}),
         "overrides": [f"{k}={v}" for k, v in overrides.items() if k != "seed"],
         "versions": library_versions(),
         **(run_info or {}),

@@ -29,7 +29,19 @@ from fedspeech.speech.model import set_threads
 from fedspeech.transports.app_arrays import from_record, to_record
 
 logger = logging.getLogger("client")
-app = ClientApp()
+
+
+def _secure_route(msg: Message, context: Context, call_next) -> Message:
+    """Messages of the SecAgg+ workflow (``secure-aggregation = true``) go to its legacy
+    ClientApp (:mod:`fedspeech.transports.secure_app`); every other message is this App's."""
+    from fedspeech.transports.secure_app import is_secure_message, secure_client_app
+
+    if is_secure_message(msg.content):
+        return secure_client_app(_trainer)(msg, context)
+    return call_next(msg, context)
+
+
+app = ClientApp(mods=[_secure_route])
 
 _BRAINS: dict[tuple, Any] = {}  # one model per process and config (Ray actors serve many nodes)
 _ROWS: dict[tuple, dict] = {}  # prepared rows of a shared corpus TSV, per process

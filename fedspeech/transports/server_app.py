@@ -41,6 +41,12 @@ def main(grid: Grid, context: Context) -> None:
         logger.info("all %d rounds already done in %s", s.rounds, s.save_path)
         federation.finish()
         return
+    if s.secure_aggregation:  # Flower's SecAgg+ workflow, over the legacy strategy
+        from fedspeech.transports.secure_app import run_secure
+
+        run_secure(grid, context, federation, s)
+        federation.finish()
+        return
     # clients-per-round fixes the sample size (cross-device: the nodes sampled each round, out
     # of however many are connected); else a fraction of the connected nodes. Flower's FedAvg
     # takes a fraction of 0 as "skip this phase", hence the tiny fraction.
