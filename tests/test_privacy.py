@@ -164,3 +164,49 @@ def test_private_run_on_the_simulation_engine(small_data, tmp_path):
     assert history[0]["dp_sampled"] == 2 and history[0]["dp_delta"] == 0.25
     assert history[0]["dp_sampling"] == "without-replacement of 4"
     assert set(history[0]["coefficients"].values()) == {0.5}
+
+
+# ---- scripts/privacy_eval.py: its arguments and its table (the runs are the bench's) -------------
+def privacy_eval_args(*argv):
+    from fedspeech.tools.privacy_eval import build_parser
+
+    return build_parser().parse_args(list(argv))
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--noise", "0.1,x"], "--noise '0.1,x': expected comma-separated numbers"),
+    (["--noise=-1,0"], "expected numbers >= 0"),
+    (["--noise", "0.1"], "--noise without 0 needs --clip_norm"),
+    (["--clients_per_round", "1"], "--clients_per_round 1: between 2"),
+    (["--secagg_clients", "1"], "--secagg_clients 1"),
+])
+def test_privacy_eval_refuses_bad_arguments_in_one_line(argv, words):
+    from fedspeech.tools.privacy_eval import check, parse_noise
+
+    args = privacy_eval_args(*argv)
+    with pytest.raises(UsageError, match=words):
+        check(args, parse_noise(args.noise))
+
+
+def test_privacy_eval_commands_and_table():
+    from fedspeech.tools.privacy_eval import secagg_command, simulate_command, summary
+
+    args = privacy_eval_args("--num_clients", "2000", "--clients_per_round", "20")
+    private = simulate_command(args, ROOT / "x", 0.5, 3.0)
+    assert "dp-noise-multiplier=0.5" in private and 'dp-clip-norm="3"' in private
+    assert "--num_clients" in private and "2000" in private and "--tr_add_path" in private
+    plain = simulate_command(args, ROOT / "x", 0.0, None)
+    assert not any(a.startswith("dp-") for a in plain)  # no DP: it only measures the norms
+    assert "secure-aggregation=true" in secagg_command(args, ROOT / "x", True)
+    assert "secure-aggregation=true" not in secagg_command(args, ROOT / "x", False)
+    results = [
+        {"sigma": 0.0, "clip_norm": None, "test_wer": 5.0, "unseen_wer": 9.0, "epsilon": None,
+         "delta": None, "noise_std": None, "median_change_norm": 12.0, "seconds": 100.0},
+        {"sigma": 1.0, "clip_norm": 12.0, "test_wer": 100.0, "unseen_wer": 100.0,
+         "epsilon": 0.9, "delta": 5e-4, "noise_std": 0.6, "median_change_norm": 12.0,
+         "seconds": 101.0},
+    ]
+    table = summary(results, args)
+    assert "| no DP | - | - | - | - | 5.00 | 9.00 | 100 |" in table
+    assert "| 1 | 12 | 0.6 | 0.9 | 0.0005 | 100.00 | 100.00 | 101 |" in table
+    assert "median change norm of 12" in table

@@ -5,7 +5,7 @@ Runs ``scripts/flower_run.py simulate`` (thousands of virtual clients drawn from
 a cohort of ``--clients_per_round`` each round) once without DP and once per noise multiplier,
 all else equal, and writes a table and a plot of the final test WER (seen and unseen voices), the
 epsilon spent at the end and the wall time into ``<save_path>/privacy.md`` (``--update_docs``:
-into docs/privacy.md).
+into docs/privacy.md). Then SecAgg+ against plain averaging on ``--secagg_clients`` clients.
 
 The clip norm: ``--clip_norm C``, or by default the median change norm the run without DP
 measured (its history records every client's change norm), so that about half the changes are
@@ -59,14 +59,33 @@ def simulate_command(args: argparse.Namespace, save: Path, sigma: float,
     return cmd
 
 
-def run_one(args: argparse.Namespace, sigma: float, clip: float | None) -> dict:
-    """One simulation; its final WERs, epsilon, the change norms it saw and its wall time."""
-    save = args.save_path / (f"sigma_{sigma:g}" if sigma > 0 else "no_dp")
+def secagg_command(args: argparse.Namespace, save: Path, secure: bool) -> list[str]:
+    """Plain averaging or SecAgg+, every one of ``--secagg_clients`` clients trained each round
+    (the same clients in both, so the models differ only by SecAgg+'s quantisation)."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "flower_run.py"), "simulate",
+           "--save_path", str(save), "--num_clients", str(args.secagg_clients),
+           "--clients_per_round", "0", "--rounds", str(args.rounds),
+           "--local_epochs", str(args.local_epochs), "--seed", str(args.seed),
+           "--tr_add_path", "", "--timeout", str(args.timeout),
+           "--extra_test", f"unseen={DATA}/test_unseen.tsv",
+           "--run_config", "fraction-evaluate=0"]
+    return cmd + (["--run_config", "secure-aggregation=true"] if secure else [])
+
+
+def run_one(args: argparse.Namespace, sigma: float, clip: float | None,
+            secure: bool | None = None) -> dict:
+    """One simulation; its final WERs, epsilon, the change norms it saw and its wall time
+    (``secure`` not None: the SecAgg+ comparison's plain or secure run)."""
+    if secure is None:
+        save = args.save_path / (f"sigma_{sigma:g}" if sigma > 0 else "no_dp")
+        cmd = simulate_command(args, save, sigma, clip)
+    else:
+        save = args.save_path / ("secagg" if secure else "plain")
+        cmd = secagg_command(args, save, secure)
     started = time.monotonic()
     log = save.parent / f"{save.name}.log"
     with open(log, "w", encoding="utf-8") as out:
-        code = subprocess.call(simulate_command(args, save, sigma, clip), cwd=ROOT,
-                               stdout=out, stderr=subprocess.STDOUT,
+        code = subprocess.call(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     seconds = time.monotonic() - started
     if code != 0:
@@ -74,12 +93,12 @@ def run_one(args: argparse.Namespace, sigma: float, clip: float | None) -> dict:
     history = load_history(save / "history.json")
     last = history[-1]
     norms = [n for row in history for n in (row.update_norms or {}).values()]
-    result = {"sigma": sigma, "clip_norm": clip, "test_wer": last.test_wer,
+    result = {"sigma": sigma, "clip_norm": clip, "secure": secure, "test_wer": last.test_wer,
               "unseen_wer": last.number("test_unseen_wer"),
               "epsilon": last.dp_epsilon, "delta": last.dp_delta, "sampling": last.dp_sampling,
               "noise_std": last.dp_noise_std, "rounds": len(history),
               "median_change_norm": statistics.median(norms) if norms else None,
-              "seconds": round(seconds, 1)}
+              "model": str(save / "final_model.ckpt"), "seconds": round(seconds, 1)}
     print(f"privacy_eval: {save.name}: test WER {last.test_wer:.2f}, epsilon "
           f"{result['epsilon']}, {seconds:.0f}s", flush=True)
     return result
@@ -103,7 +122,7 @@ def summary(results: list[dict], args: argparse.Namespace) -> str:
         "| test WER | unseen-voice WER | wall time (s) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(results, key=lambda r: r["sigma"]):
+    for r in sorted(dp_runs(results), key=lambda r: r["sigma"]):
         if r["sigma"] == 0:
             lines.append(f"| no DP | - | - | - | - | {r['test_wer']:.2f} | "
                          f"{_pct(r['unseen_wer'])} | {r['seconds']:.0f} |")
@@ -111,11 +130,46 @@ def summary(results: list[dict], args: argparse.Namespace) -> str:
         lines.append(f"| {r['sigma']:g} | {r['clip_norm']:.3g} | {r['noise_std']:.3g} | "
                      f"{_eps(r['epsilon'])} | {r['delta']:.2g} | {r['test_wer']:.2f} | "
                      f"{_pct(r['unseen_wer'])} | {r['seconds']:.0f} |")
-    base = next((r for r in results if r["sigma"] == 0), None)
+    base = next((r for r in results if r["sigma"] == 0 and r.get("secure") is None), None)
     if base and base["median_change_norm"]:
         lines += ["", f"The run without DP measured a median change norm of "
                   f"{base['median_change_norm']:.3g} (L2, all clients and rounds)."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + secagg_table(results, args)) + "\n"
+
+
+def dp_runs(results: list[dict]) -> list[dict]:
+    return [r for r in results if r.get("secure") is None]
+
+
+def secagg_table(results: list[dict], args: argparse.Namespace) -> list[str]:
+    """Plain averaging against SecAgg+ on the same clients: WER, the models' largest difference,
+    wall time."""
+    runs = {r["secure"]: r for r in results if r.get("secure") is not None}
+    if set(runs) != {False, True}:
+        return []
+    difference = max_difference(runs[False]["model"], runs[True]["model"])
+    lines = ["", f"Secure aggregation (SecAgg+, `secure-aggregation = true`) against plain "
+             f"averaging: {args.secagg_clients} virtual clients (the voices split among them), "
+             f"all trained every round, {args.rounds} rounds x {args.local_epochs} local epochs, "
+             "the same seed; the models differ only by SecAgg+'s quantisation of the changes "
+             "(clipping range 8, 2^22 levels).", "",
+             "| aggregation | test WER | unseen-voice WER | wall time (s) |", "|---|---|---|---|"]
+    for secure, name in ((False, "plain (FedAvg)"), (True, "SecAgg+")):
+        r = runs[secure]
+        lines.append(f"| {name} | {r['test_wer']:.2f} | {_pct(r['unseen_wer'])} | "
+                     f"{r['seconds']:.0f} |")
+    lines += ["", f"Largest difference between the two final models' weights: {difference:.3g}."]
+    return lines
+
+
+def max_difference(a: str, b: str) -> float:
+    """The largest absolute difference between two checkpoints' floating-point tensors."""
+    from weights import load_checkpoint
+
+    first, second = load_checkpoint(a), load_checkpoint(b)
+    return max((float((first[k].double() - second[k].double()).abs().max())
+                for k in first if first[k].is_floating_point() and first[k].numel()),
+               default=0.0)
 
 
 def _pct(value: float | None) -> str:
@@ -135,7 +189,8 @@ def plot(results: list[dict], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    private = sorted((r for r in results if r["sigma"] > 0), key=lambda r: r["epsilon"])
+    private = sorted((r for r in dp_runs(results) if r["sigma"] > 0),
+                     key=lambda r: r["epsilon"])
     fig, ax = plt.subplots(figsize=(7, 4.5))
     eps = [r["epsilon"] for r in private]
     ax.plot(eps, [r["test_wer"] for r in private], "o-", label="test WER, DP")
@@ -143,7 +198,7 @@ def plot(results: list[dict], path: Path) -> Path:
     for r in private:
         ax.annotate(f"sigma {r['sigma']:g}", (r["epsilon"], r["test_wer"]), fontsize=7,
                     textcoords="offset points", xytext=(4, 4))
-    base = next((r for r in results if r["sigma"] == 0), None)
+    base = next((r for r in dp_runs(results) if r["sigma"] == 0), None)
     if base:
         ax.axhline(base["test_wer"], color="C0", lw=0.8, label="test WER, no DP")
         if base["unseen_wer"] is not None:
@@ -173,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--timeout", type=float, default=3600, help="seconds per run")
     p.add_argument("--save_path", type=Path, default=Path("results/privacy"))
+    p.add_argument("--secagg_clients", type=int, default=3,
+                   help="SecAgg+ against plain averaging on this many clients (0: skip)")
     p.add_argument("--resume", action="store_true",
                    help="keep the runs already in <save_path>/privacy.json")
     p.add_argument("--update_docs", action="store_true")
@@ -199,6 +256,8 @@ def check(args: argparse.Namespace, noise: list[float]) -> None:
     if not 2 <= args.clients_per_round <= args.num_clients:
         raise UsageError(f"--clients_per_round {args.clients_per_round}: between 2 and "
                          f"--num_clients {args.num_clients}")
+    if args.secagg_clients == 1 or args.secagg_clients < 0:
+        raise UsageError(f"--secagg_clients {args.secagg_clients}: 0 (skip) or at least 2")
     for flag in ("rounds", "local_epochs", "samples_per_client"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag} {getattr(args, flag)}: must be >= 1")
@@ -214,7 +273,7 @@ def run(args: argparse.Namespace) -> None:
     results = json.loads(store.read_text()) if args.resume and store.is_file() else []
     clip = args.clip_norm
     for sigma in noise:
-        done = next((r for r in results if r["sigma"] == sigma), None)
+        done = next((r for r in dp_runs(results) if r["sigma"] == sigma), None)
         if done is None:
             done = run_one(args, sigma, None if sigma == 0 else clip)
             results.append(done)
@@ -224,6 +283,10 @@ def run(args: argparse.Namespace) -> None:
             if not clip:
                 raise UsageError(f"the run without DP in {args.save_path} recorded no change "
                                  "norms; give --clip_norm")
+    for secure in (False, True) if args.secagg_clients else ():
+        if not any(r.get("secure") is secure for r in results):
+            results.append(run_one(args, 0.0, None, secure=secure))
+            write_json_atomic(results, store)
     markdown = summary(results, args)
     (args.save_path / "privacy.md").write_text(markdown, encoding="utf-8")
     png = plot(results, args.save_path / "privacy.png")
