@@ -125,3 +125,30 @@ def test_run_config_turns_it_on():
                                         "secagg-clipping-range": 4.0})
     assert s.secure_aggregation and s.secagg_clipping_range == 4.0
     assert not ServerSettings().secure_aggregation  # the default stays the tutorial's
+
+
+class Trainer:
+    """A trainer whose local training returns fixed weights (the client's own logic is tested)."""
+
+    cid, tokenizer_sha256 = "7", "abc"
+
+    def __init__(self, trained):
+        self.trained = trained
+
+    def check_tokenizer(self, sha):
+        pass
+
+    def fit(self, parameters, rnd, epochs):
+        return self.trained, 12, {"train_loss": 0.5}
+
+
+def test_a_secure_client_sends_its_change_and_refuses_to_send_nan():
+    from fedspeech.transports.secure_app import SecureClient
+
+    config = {"server-round": 1, "epochs": 1, "tokenizer-sha256": "abc",
+              "secagg-clipping-range": 8.0}
+    change, n, metrics = SecureClient(Trainer(A)).fit(G, config)
+    assert change[0].tolist() == [0.25, -0.5] and n == 12 and metrics["cid"] == "7"
+    broken = [np.array([np.nan, 0.0], np.float32), A[1]]
+    with pytest.raises(ValueError, match="client 7: its change has NaN or Inf"):
+        SecureClient(Trainer(broken)).fit(G, config)

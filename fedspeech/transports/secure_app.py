@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 from flwr.app import Context, RecordDict
 from flwr.client import NumPyClient
 from flwr.client.mod import secaggplus_mod
@@ -114,6 +115,9 @@ class SecureClient(NumPyClient):
         weights, samples, metrics = self.trainer.fit(
             parameters, rnd=int(config[protocol.ROUND]), epochs=int(config[protocol.EPOCHS]))
         change = encode_change(weights, parameters)
+        if not all(np.all(np.isfinite(c)) for c in change):  # the server could not tell it
+            raise ValueError(f"client {self.trainer.cid}: its change has NaN or Inf; it drops "
+                             "out of this round rather than corrupt the secure sum")
         clipped = beyond_range(change, float(config[CLIPPING_RANGE]))
         if clipped:
             logger.warning("client %s: %d coordinates of the change exceed secagg-clipping-range "
