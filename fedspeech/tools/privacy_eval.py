@@ -7,6 +7,11 @@ all else equal, and writes a table and a plot of the final test WER (seen and un
 epsilon spent at the end and the wall time into ``<save_path>/privacy.md`` (``--update_docs``:
 into docs/privacy.md). Then SecAgg+ against plain averaging on ``--secagg_clients`` clients.
 
+Every run starts from the same model, pre-trained centrally on two voices no client has
+(``scripts/pretrain.py``, run first into ``<save_path>/pretrain``): fine-tuning a public model
+on private data is how DP training is used in practice, and it lets a few rounds on this CPU
+show what the noise costs.
+
 The clip norm: ``--clip_norm C``, or by default the median change norm the run without DP
 measured (its history records every client's change norm), so that about half the changes are
 clipped. Choosing C from a run on the clients' data is itself not private; a deployment fixes C
@@ -39,10 +44,31 @@ DATA = "temp_dataset"
 NEVER = 1e12  # a clip norm no change reaches: the run without DP only measures the norms
 
 
+def start_args(args: argparse.Namespace) -> list[str]:
+    """Every run's start: the pre-trained model and its tokenizer."""
+    pre = args.save_path / "pretrain"
+    return ["--tokenizer_path", str(pre / "tokenizer.model"),
+            "--run_config", f'pre-train-model-path="{pre / "model.ckpt"}"']
+
+
+def pretrain(args: argparse.Namespace) -> float | None:
+    """Pre-train into ``<save_path>/pretrain`` unless it is there; its wall time, or None."""
+    pre = args.save_path / "pretrain"
+    if (pre / "model.ckpt").is_file() and (pre / "tokenizer.model").is_file():
+        return None
+    started = time.monotonic()
+    code = subprocess.call([sys.executable, str(ROOT / "scripts" / "pretrain.py"),
+                            "--save_path", str(pre), "--epochs", str(args.pretrain_epochs),
+                            "--num_threads", "2"], cwd=ROOT, stdout=subprocess.DEVNULL)
+    if code != 0:
+        raise UsageError(f"scripts/pretrain.py failed (exit {code}); its log is in {pre}/logs")
+    return time.monotonic() - started
+
+
 def simulate_command(args: argparse.Namespace, save: Path, sigma: float,
                      clip: float | None) -> list[str]:
     """One ``flower_run.py simulate`` run: DP with ``sigma`` and ``clip``, or none (sigma 0)."""
-    cmd = [sys.executable, str(ROOT / "scripts" / "flower_run.py"), "simulate",
+    cmd = [sys.executable, str(ROOT / "scripts" / "flower_run.py"), "simulate", *start_args(args),
            "--save_path", str(save), "--num_clients", str(args.num_clients),
            "--clients_per_round", str(args.clients_per_round), "--rounds", str(args.rounds),
            "--local_epochs", str(args.local_epochs),
@@ -62,9 +88,9 @@ def simulate_command(args: argparse.Namespace, save: Path, sigma: float,
 def secagg_command(args: argparse.Namespace, save: Path, secure: bool) -> list[str]:
     """Plain averaging or SecAgg+, every one of ``--secagg_clients`` clients trained each round
     (the same clients in both, so the models differ only by SecAgg+'s quantisation)."""
-    cmd = [sys.executable, str(ROOT / "scripts" / "flower_run.py"), "simulate",
+    cmd = [sys.executable, str(ROOT / "scripts" / "flower_run.py"), "simulate", *start_args(args),
            "--save_path", str(save), "--num_clients", str(args.secagg_clients),
-           "--clients_per_round", "0", "--rounds", str(args.rounds),
+           "--clients_per_round", "0", "--rounds", str(args.secagg_rounds),
            "--local_epochs", str(args.local_epochs), "--seed", str(args.seed),
            "--tr_add_path", "", "--timeout", str(args.timeout),
            "--extra_test", f"unseen={DATA}/test_unseen.tsv",
@@ -113,8 +139,9 @@ def summary(results: list[dict], args: argparse.Namespace) -> str:
         f"--rounds {args.rounds}`: the Simulation Engine, {args.num_clients} virtual clients "
         f"({args.samples_per_client} utterances of one voice each, drawn from "
         f"`{DATA}/train.tsv`), {args.clients_per_round} sampled per round, {args.rounds} rounds "
-        f"x {args.local_epochs} local epochs, `small_cpu.yaml`, no server-side training, seed "
-        f"{args.seed}. WER in % after the last round; \"unseen\" is a voice no client has. "
+        f"x {args.local_epochs} local epochs, `small_cpu.yaml`, from the same pre-trained model "
+        f"({args.pretrain_epochs} epochs on two voices no client has), no server-side training, "
+        f"seed {args.seed}. WER in % after the last round; \"unseen\" is a voice no client has. "
         "Epsilon: Flower's RDP accountant, user level, sampling without replacement of "
         f"{args.num_clients}.",
         "",
@@ -150,7 +177,8 @@ def secagg_table(results: list[dict], args: argparse.Namespace) -> list[str]:
     difference = max_difference(runs[False]["model"], runs[True]["model"])
     lines = ["", f"Secure aggregation (SecAgg+, `secure-aggregation = true`) against plain "
              f"averaging: {args.secagg_clients} virtual clients (the voices split among them), "
-             f"all trained every round, {args.rounds} rounds x {args.local_epochs} local epochs, "
+             f"all trained every round, {args.secagg_rounds} rounds x {args.local_epochs} local "
+             "epochs, "
              "the same seed; the models differ only by SecAgg+'s quantisation of the changes "
              "(clipping range 8, 2^22 levels).", "",
              "| aggregation | test WER | unseen-voice WER | wall time (s) |", "|---|---|---|---|"]
@@ -220,9 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip_norm", type=float, default=None,
                    help="C (default: the median change norm of the run without DP)")
     p.add_argument("--num_clients", type=int, default=2000)
-    p.add_argument("--clients_per_round", type=int, default=20)
-    p.add_argument("--rounds", type=int, default=8)
-    p.add_argument("--local_epochs", type=int, default=2)
+    p.add_argument("--clients_per_round", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--local_epochs", type=int, default=1)
+    p.add_argument("--pretrain_epochs", type=int, default=15)
     p.add_argument("--samples_per_client", type=int, default=20)
     p.add_argument("--delta", type=float, default=0.0, help="0: 1/N")
     p.add_argument("--seed", type=int, default=1234)
@@ -230,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_path", type=Path, default=Path("results/privacy"))
     p.add_argument("--secagg_clients", type=int, default=3,
                    help="SecAgg+ against plain averaging on this many clients (0: skip)")
+    p.add_argument("--secagg_rounds", type=int, default=2)
     p.add_argument("--resume", action="store_true",
                    help="keep the runs already in <save_path>/privacy.json")
     p.add_argument("--update_docs", action="store_true")
@@ -258,7 +288,8 @@ def check(args: argparse.Namespace, noise: list[float]) -> None:
                          f"--num_clients {args.num_clients}")
     if args.secagg_clients == 1 or args.secagg_clients < 0:
         raise UsageError(f"--secagg_clients {args.secagg_clients}: 0 (skip) or at least 2")
-    for flag in ("rounds", "local_epochs", "samples_per_client"):
+    for flag in ("rounds", "local_epochs", "samples_per_client", "pretrain_epochs",
+                 "secagg_rounds"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag} {getattr(args, flag)}: must be >= 1")
 
@@ -271,6 +302,9 @@ def run(args: argparse.Namespace) -> None:
     args.save_path.mkdir(parents=True, exist_ok=True)
     store = args.save_path / "privacy.json"
     results = json.loads(store.read_text()) if args.resume and store.is_file() else []
+    pretrain_seconds = pretrain(args)
+    if pretrain_seconds is not None:
+        print(f"privacy_eval: pre-trained in {pretrain_seconds:.0f} s", flush=True)
     clip = args.clip_norm
     for sigma in noise:
         done = next((r for r in dp_runs(results) if r["sigma"] == sigma), None)
