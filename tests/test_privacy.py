@@ -204,9 +204,21 @@ def test_privacy_eval_commands_and_table():
          "delta": None, "noise_std": None, "median_change_norm": 12.0, "seconds": 100.0},
         {"sigma": 1.0, "clip_norm": 12.0, "test_wer": 100.0, "unseen_wer": 100.0,
          "epsilon": 0.9, "delta": 5e-4, "noise_std": 0.6, "median_change_norm": 12.0,
-         "seconds": 101.0},
+         "seconds": 101.0, "big_sigma": 100.0, "big_epsilon": 0.5},
     ]
     table = summary(results, args)
-    assert "| no DP | - | - | - | - | 5.00 | 9.00 | 100 |" in table
-    assert "| 1 | 12 | 0.6 | 0.9 | 0.0005 | 100.00 | 100.00 | 101 |" in table
+    assert "| no DP | - | - | - | - | 5.00 | 9.00 | 100 | - |" in table
+    assert "| 1 | 12 | 0.6 | 0.9 | 0.0005 | 100.00 | 100.00 | 101 | 100, 0.5 |" in table
     assert "median change norm of 12" in table
+
+
+def test_the_extrapolation_keeps_the_noise_on_the_mean_and_asks_flowers_accountant():
+    from fedspeech.math.privacy import Accountant
+    from fedspeech.tools.privacy_eval import extrapolated_epsilon
+
+    sigma, epsilon = extrapolated_epsilon(0.5, cohort=10, rounds=2, big_cohort=100,
+                                          population=10_000)
+    assert sigma == 5.0  # sigma C / m unchanged: 0.5 / 10 = 5 / 100
+    accountant = Accountant(population=10_000, delta=1e-4, max_epsilon=None, sampled_all=False)
+    accountant.spend(5.0, 100)
+    assert epsilon == pytest.approx(accountant.spend(5.0, 100))

@@ -146,22 +146,38 @@ def summary(results: list[dict], args: argparse.Namespace) -> str:
         f"{args.num_clients}.",
         "",
         "| noise multiplier | clip norm C | noise std of the mean (sigma C / m) | epsilon | delta "
-        "| test WER | unseen-voice WER | wall time (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| test WER | unseen-voice WER | wall time (s) | the same noise at {args.big_cohort:,} of "
+        f"{args.big_population:,} clients: sigma, epsilon |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(dp_runs(results), key=lambda r: r["sigma"]):
         if r["sigma"] == 0:
             lines.append(f"| no DP | - | - | - | - | {r['test_wer']:.2f} | "
-                         f"{_pct(r['unseen_wer'])} | {r['seconds']:.0f} |")
+                         f"{_pct(r['unseen_wer'])} | {r['seconds']:.0f} | - |")
             continue
         lines.append(f"| {r['sigma']:g} | {r['clip_norm']:.3g} | {r['noise_std']:.3g} | "
                      f"{_eps(r['epsilon'])} | {r['delta']:.2g} | {r['test_wer']:.2f} | "
-                     f"{_pct(r['unseen_wer'])} | {r['seconds']:.0f} |")
+                     f"{_pct(r['unseen_wer'])} | {r['seconds']:.0f} | {_extrapolated(r)} |")
     base = next((r for r in results if r["sigma"] == 0 and r.get("secure") is None), None)
     if base and base["median_change_norm"]:
         lines += ["", f"The run without DP measured a median change norm of "
                   f"{base['median_change_norm']:.3g} (L2, all clients and rounds)."]
     return "\n".join(lines + secagg_table(results, args)) + "\n"
+
+
+def extrapolated_epsilon(sigma: float, cohort: int, rounds: int, big_cohort: int,
+                         population: int) -> tuple[float, float]:
+    """The same noise on the averaged change (sigma C / m) at a cohort of ``big_cohort`` drawn
+    from ``population``: its noise multiplier, and the epsilon (at delta 1/population) of
+    ``rounds`` such rounds, from Flower's accountant."""
+    from fedspeech.math.privacy import Accountant
+
+    big_sigma = sigma * big_cohort / cohort
+    accountant = Accountant(population=population, delta=1 / population, max_epsilon=None,
+                            sampled_all=False)
+    for _ in range(rounds):
+        accountant.spend(big_sigma, big_cohort)
+    return big_sigma, accountant.epsilon
 
 
 def dp_runs(results: list[dict]) -> list[dict]:
@@ -198,6 +214,12 @@ def max_difference(a: str, b: str) -> float:
     return max((float((first[k].double() - second[k].double()).abs().max())
                 for k in first if first[k].is_floating_point() and first[k].numel()),
                default=0.0)
+
+
+def _extrapolated(r: dict) -> str:
+    if r.get("big_sigma") is None:
+        return "-"
+    return f"{r['big_sigma']:.3g}, {_eps(r['big_epsilon'])}"
 
 
 def _pct(value: float | None) -> str:
@@ -260,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secagg_clients", type=int, default=3,
                    help="SecAgg+ against plain averaging on this many clients (0: skip)")
     p.add_argument("--secagg_rounds", type=int, default=2)
+    p.add_argument("--big_cohort", type=int, default=1000,
+                   help="the extrapolation: a cohort this large ...")
+    p.add_argument("--big_population", type=int, default=1_000_000,
+                   help="... drawn from this many clients, with the same noise on the mean")
     p.add_argument("--resume", action="store_true",
                    help="keep the runs already in <save_path>/privacy.json")
     p.add_argument("--update_docs", action="store_true")
@@ -320,6 +346,12 @@ def run(args: argparse.Namespace) -> None:
     for secure in (False, True) if args.secagg_clients else ():
         if not any(r.get("secure") is secure for r in results):
             results.append(run_one(args, 0.0, None, secure=secure))
+            write_json_atomic(results, store)
+    for r in dp_runs(results):  # what the measured noise level means at a larger scale
+        if r["sigma"] > 0 and r.get("big_sigma") is None:
+            r["big_sigma"], r["big_epsilon"] = extrapolated_epsilon(
+                r["sigma"], args.clients_per_round, r["rounds"], args.big_cohort,
+                args.big_population)
             write_json_atomic(results, store)
     markdown = summary(results, args)
     (args.save_path / "privacy.md").write_text(markdown, encoding="utf-8")
