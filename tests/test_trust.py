@@ -205,3 +205,25 @@ def test_robust_needs_a_scoring_set(tmp_path):
     assert str(err.value) == ("--weight_strategy server_loss needs --score_path (the server's "
                               "own scoring set) (--robust uses it)")
     check_server(s.replace(score_path=str(ROOT / "temp_dataset" / "dev.tsv")))
+
+
+# ---- scripts/attack_eval.py: its table (the runs themselves are the bench's) --------------------
+def bench_run(attack, defence, seed, wer, coef=0.3):
+    return {"attack": attack, "defence": defence, "seed": seed, "test_wer": wer,
+            "unseen_wer": wer, "attacker_coefficient": coef, "weights_attacker": True,
+            "claim_gap": None, "clipped_rounds": 0, "seconds": 1.0}
+
+
+def test_the_bench_leaves_out_a_seed_that_never_learnt_and_checks_the_target():
+    from fedspeech.tools.attack_eval import summary
+
+    results = [bench_run("honest", "none", 1, 2.0), bench_run("honest", "none", 2, 4.0),
+               bench_run("honest", "none", 3, 99.0),  # seed 3 did not learn at all
+               bench_run("honest", "robust", 1, 1.0), bench_run("honest", "robust", 2, 9.0),
+               bench_run("honest", "robust", 3, 100.0),
+               bench_run("scaled", "robust", 1, 7.0), bench_run("scaled", "robust", 2, 11.0),
+               bench_run("scaled", "robust", 3, 100.0)]
+    table = summary(results, 7, 2, [1, 2, 3])
+    assert "seeds 1, 2 (" in table and "| honest | 3.00 (0.300) n=2 | 5.00 (0.300) n=2 |" in table
+    assert "honest +2.00 (within 3), scaled +6.00 (**over** 5)" in table
+    assert "Left out of the means: seed(s) 3 (the honest run without defence ended at 99" in table

@@ -47,6 +47,7 @@ DEFENCES: dict[str, list[str]] = {
 }
 # the weighting an attack is aimed at (the claim it forges must matter to the server)
 TARGET_WEIGHTING = {"claimed_wer0": "wer"}
+STALLED = 50.0  # final test WER % of an honest undefended run that did not learn at all
 
 
 def run_one(attack: str, defence: str, seed: int, out: Path, rounds: int, epochs: int) -> dict:
@@ -96,8 +97,17 @@ def run_one(attack: str, defence: str, seed: int, out: Path, rounds: int, epochs
     return result
 
 
+def stalled_seeds(results: list[dict]) -> dict[int, float]:
+    """Seeds whose honest, undefended run did not learn within the schedule (its final WER)."""
+    return {r["seed"]: r["test_wer"] for r in results
+            if r["attack"] == "honest" and r["defence"] == "none" and r["test_wer"] > STALLED}
+
+
 def summary(results: list[dict], rounds: int, epochs: int, seeds: list[int]) -> str:
     """The table: mean final test WER (and the attacker's mean coefficient) per cell."""
+    stalled = stalled_seeds(results)
+    results = [r for r in results if r["seed"] not in stalled]
+    seeds = [s for s in seeds if s not in stalled]
     defences = [d for d in DEFENCES if any(r["defence"] == d for r in results)]
     attacks = [a for a in ATTACKS if any(r["attack"] == a for r in results)]
     machine = f"{platform.machine()}, {os.cpu_count()} cores (CPU only)"
@@ -124,6 +134,13 @@ def summary(results: list[dict], rounds: int, epochs: int, seeds: list[int]) -> 
                     if runs[0]["weights_attacker"] else "-")
             cells.append(f"{wer:.2f} ({coef})" + (f" n={len(runs)}" if len(runs) > 1 else ""))
         lines.append(f"| {attack} | " + " | ".join(cells) + " |")
+    lines += target_lines(results)
+    if stalled:
+        lines += ["", "Left out of the means: seed(s) " + ", ".join(
+            f"{seed} (the honest run without defence ended at {wer:.2f} % test WER)"
+            for seed, wer in sorted(stalled.items())) + f". A seed whose honest run ends above "
+            f"{STALLED:.0f} % did not learn within the {rounds} rounds at all (the model never "
+            "left CTC's all-blank plateau), so its cells say nothing about the attacks."]
     gaps = [r for r in results if r["claim_gap"] is not None]
     if gaps:
         lines += ["", "Client 2's mean gap between its claimed validation WER and the server's "
@@ -131,6 +148,28 @@ def summary(results: list[dict], rounds: int, epochs: int, seeds: list[int]) -> 
                       f"{a} {statistics.mean(r['claim_gap'] for r in gaps if r['attack'] == a):.1f}"
                       for a in attacks if any(r["attack"] == a for r in gaps)) + "."]
     return "\n".join(lines) + "\n"
+
+
+def target_lines(results: list[dict]) -> list[str]:
+    """Issue 19's target: under --robust every attack within 5 points of the honest run without
+    defence, and the honest run under --robust within 3 points of it (means over the seeds)."""
+    def mean(attack: str, defence: str) -> float | None:
+        runs = [r["test_wer"] for r in results if r["attack"] == attack
+                and r["defence"] == defence]
+        return statistics.mean(runs) if runs else None
+
+    honest = mean("honest", "none")
+    if honest is None or mean("honest", "robust") is None:
+        return []
+    cells = []
+    for attack in ATTACKS:
+        wer = mean(attack, "robust")
+        if wer is not None:
+            limit = 3.0 if attack == "honest" else 5.0
+            mark = "within" if wer - honest <= limit else "**over**"
+            cells.append(f"{attack} {wer - honest:+.2f} ({mark} {limit:.0f})")
+    return ["", f"Under `--robust`, points above the honest run without defence "
+            f"({honest:.2f} %): " + ", ".join(cells) + "."]
 
 
 def plot(results: list[dict], path: Path) -> Path:
@@ -207,7 +246,8 @@ def run(args: argparse.Namespace) -> None:
     markdown = summary(results, args.rounds, args.local_epochs, sorted({r["seed"]
                                                                          for r in results}))
     (out / "attacks.md").write_text(markdown, encoding="utf-8")
-    png = plot(results, out / "attacks.png")
+    png = plot([r for r in results if r["seed"] not in stalled_seeds(results)],
+               out / "attacks.png")
     print(markdown)
     if args.update_docs:
         from fedspeech.tools.docs_section import update_docs_section
