@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Run the same federation several ways and compare: weighting (num / loss / wer), with and
+"""Run the same federation several ways and compare them (weightings, server training, pre-training,
+a bad client).
 
 The code is ``fedspeech/tools/compare_strategies.py``; ``--help`` lists the flags.
 """
