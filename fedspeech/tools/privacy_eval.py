@@ -161,7 +161,12 @@ def summary(results: list[dict], args: argparse.Namespace) -> str:
     base = next((r for r in results if r["sigma"] == 0 and r.get("secure") is None), None)
     if base and base["median_change_norm"]:
         lines += ["", f"The run without DP measured a median change norm of "
-                  f"{base['median_change_norm']:.3g} (L2, all clients and rounds)."]
+                  f"{base['median_change_norm']:.3g} (L2, all clients and rounds), the clip "
+                  "norm of the others. The last column keeps sigma C / m, the noise on the "
+                  f"averaged change, at a cohort of {args.big_cohort:,} drawn from "
+                  f"{args.big_population:,} clients (delta 1/N): what the same WER would cost "
+                  "there if the clipped changes averaged alike (an extrapolation, not a run); "
+                  "below 0.01 the accountant's bound is its own floor."]
     return "\n".join(lines + secagg_table(results, args)) + "\n"
 
 
@@ -230,6 +235,8 @@ def _pct(value: float | None) -> str:
 def _eps(value: float | None) -> str:
     if value is None:
         return "-"
+    if value < 0.01:  # the RDP conversion's own floor, log(1/delta) / (largest order - 1)
+        return "< 0.01"
     return f"{value:.3g}" if value < 1e4 else f"{value:.2e}"
 
 
