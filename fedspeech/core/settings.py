@@ -211,7 +211,7 @@ class ServerSettings(ModelSettings):
             seed=self.seed if self.seed is not None else 0)
 
 
-# --robust: measured best on the demo's attacks (docs/trust.md); a claimed loss or WER weighting
+# --robust: measured on the demo's attacks (docs/trust.md); a claimed loss or WER weighting
 # becomes the server's measurement of the same metric
 ROBUST_PRESET: dict[str, Any] = {"clip_update_norm": AUTO, "weight_strategy": "server_loss",
                                  "max_client_share": 0.5}
