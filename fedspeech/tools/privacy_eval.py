@@ -18,7 +18,7 @@ clipped. Choosing C from a run on the clients' data is itself not private; a dep
 from a public or proxy run. Server-side training is off (``--tr_add_path ""``): the server's own
 data would mask what the private updates cost.
 
-    python scripts/privacy_eval.py --noise 0,0.01,0.1,1 --update_docs
+    python scripts/privacy_eval.py --noise 0,0.003,0.03,0.1,0.3,1 --update_docs
 """
 
 from __future__ import annotations
@@ -273,7 +273,7 @@ def plot(results: list[dict], path: Path) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--noise", default="0,0.01,0.1,1",
+    p.add_argument("--noise", default="0,0.003,0.03,0.1,0.3,1",
                    help="comma-separated noise multipliers; 0 is the run without DP")
     p.add_argument("--clip_norm", type=float, default=None,
                    help="C (default: the median change norm of the run without DP)")
