@@ -189,7 +189,8 @@ def test_privacy_eval_refuses_bad_arguments_in_one_line(argv, words):
 
 
 def test_privacy_eval_commands_and_table():
-    from fedspeech.tools.privacy_eval import secagg_command, simulate_command, summary
+    from fedspeech.tools.privacy_eval import secagg_command, simulate_command
+    from fedspeech.tools.privacy_report import summary
 
     args = privacy_eval_args("--num_clients", "2000", "--clients_per_round", "20")
     private = simulate_command(args, ROOT / "x", 0.5, 3.0)
@@ -214,7 +215,7 @@ def test_privacy_eval_commands_and_table():
 
 def test_the_extrapolation_keeps_the_noise_on_the_mean_and_asks_flowers_accountant():
     from fedspeech.math.privacy import Accountant
-    from fedspeech.tools.privacy_eval import extrapolated_epsilon
+    from fedspeech.tools.privacy_report import extrapolated_epsilon
 
     sigma, epsilon = extrapolated_epsilon(0.5, cohort=10, rounds=2, big_cohort=100,
                                           population=10_000)
