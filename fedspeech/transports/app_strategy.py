@@ -20,6 +20,7 @@ from flwr.serverapp.strategy import FedAvg
 from fedspeech.base.checks import is_finite
 from fedspeech.core import protocol
 from fedspeech.core.round import Evaluation, RoundCore, Update
+from fedspeech.core.settings import ServerSettings
 from fedspeech.transports.app_arrays import from_record, record_bytes, to_record
 
 logger = logging.getLogger(__name__)
@@ -122,3 +123,17 @@ class CoreFedAvg(FedAvg):
             return None
         loss, metrics = result
         return MetricRecord({protocol.LOSS: float(loss), **metrics})
+
+
+def sampling(s: ServerSettings) -> tuple[float, float, int]:
+    """Flower's fractions of connected nodes to train and evaluate, and the nodes a round needs.
+
+    clients-per-round fixes the sample size (cross-device: the nodes sampled each round, out of
+    however many are connected); else a fraction of the connected nodes. Flower's FedAvg takes a
+    fraction of 0 as "skip this phase", hence the tiny fraction.
+    """
+    fraction_fit, fraction_evaluate = s.fraction_fit, s.fraction_evaluate
+    if s.clients_per_round:
+        fraction_fit = 1e-12
+        fraction_evaluate = 1e-12 if fraction_evaluate > 0 else 0.0
+    return fraction_fit, fraction_evaluate, max(s.clients_per_round, s.min_fit_clients)

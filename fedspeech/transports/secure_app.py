@@ -30,6 +30,7 @@ from flwr.serverapp import Grid
 from fedspeech.core import protocol
 from fedspeech.core.settings import ServerSettings
 from fedspeech.math.secure import apply_change, beyond_range, encode_change
+from fedspeech.transports.app_strategy import sampling
 from strategy import TrainAfterAggregateStrategy
 
 logger = logging.getLogger(__name__)
@@ -70,11 +71,7 @@ def run_secure(grid: Grid, context: Context, federation, s: ServerSettings) -> N
     """The federation's remaining rounds through Flower's ``SecAggPlusWorkflow``."""
     core = federation.core
     epochs, sha = federation.local_epochs, core.tokenizer_sha256
-    per_round = max(s.clients_per_round, s.min_fit_clients)
-    fraction_fit = 1e-12 if s.clients_per_round else s.fraction_fit
-    fraction_evaluate = s.fraction_evaluate
-    if s.clients_per_round and fraction_evaluate > 0:
-        fraction_evaluate = 1e-12
+    fraction_fit, fraction_evaluate, per_round = sampling(s)
     strategy = SecureStrategy(
         core, clipping_range=s.secagg_clipping_range, min_start_clients=s.start_clients,
         fraction_fit=fraction_fit, fraction_evaluate=fraction_evaluate,

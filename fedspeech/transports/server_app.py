@@ -28,7 +28,6 @@ logger = logging.getLogger("server")
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     from fedspeech.roles.server_model import build_federation
-    from fedspeech.transports.app_strategy import CoreFedAvg
 
     setup_logging()
     settings = ServerSettings.from_run_config(context.run_config)
@@ -45,16 +44,16 @@ def main(grid: Grid, context: Context) -> None:
         from fedspeech.transports.secure_app import run_secure
 
         run_secure(grid, context, federation, s)
-        federation.finish()
-        return
-    # clients-per-round fixes the sample size (cross-device: the nodes sampled each round, out
-    # of however many are connected); else a fraction of the connected nodes. Flower's FedAvg
-    # takes a fraction of 0 as "skip this phase", hence the tiny fraction.
-    fraction_fit, fraction_evaluate = s.fraction_fit, s.fraction_evaluate
-    if s.clients_per_round:
-        fraction_fit = 1e-12
-        fraction_evaluate = 1e-12 if fraction_evaluate > 0 else 0.0
-    per_round = max(s.clients_per_round, s.min_fit_clients)
+    else:
+        _run_core_fedavg(grid, federation, s)
+    federation.finish()
+
+
+def _run_core_fedavg(grid: Grid, federation, s: ServerSettings) -> None:
+    from fedspeech.transports.app_strategy import CoreFedAvg, sampling
+
+    core = federation.core
+    fraction_fit, fraction_evaluate, per_round = sampling(s)
     strategy = CoreFedAvg(
         core,
         local_epochs=federation.local_epochs,
@@ -72,4 +71,3 @@ def main(grid: Grid, context: Context) -> None:
         timeout=s.round_timeout or 3600.0,
         evaluate_fn=strategy.evaluate_fn,
     )
-    federation.finish()
